@@ -1,0 +1,28 @@
+# Two entry points (see README): `make run` sets up and runs the main job, `make test` the suite.
+# The venv gets PyTorch's CPU build first where there is no NVIDIA GPU: an unpinned torch would
+# pull a multi-GB CUDA build.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ../shared/data
+export RANKGYM_DATA_DIR ?= $(abspath $(DATA_DIR))
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: setup run test test-slow
+setup: $(BIN)/.installed
+
+run: setup
+	$(BIN)/rankgym finetune --backbone minilm --task sst2 --uniform 8
+
+test: setup
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow

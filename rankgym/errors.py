@@ -1,0 +1,10 @@
+"""Errors a user can fix. Their messages say what is wrong and how to fix it, on one line;
+the CLI prints them without a traceback."""
+
+
+class RankgymError(Exception):
+    """Base of every error the user can fix."""
+
+
+class ConfigError(RankgymError, ValueError):
+    """A bad option or keyword argument."""

@@ -1,0 +1,109 @@
+"""The one interface behind every environment step: rank map in, :class:`Evaluation` out."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rankgym.rankmap import RankMap
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation of a rank map measured.
+
+    Attributes:
+        metric: validation metric (accuracy for SST-2); NaN when the evaluation failed.
+        params: trainable adapter parameters of the map, sum of r · (in + out).
+        seconds: wall-clock seconds the evaluation took (0 for a cache hit's own lookup).
+        val_loss / train_loss: mean losses, where the evaluator measures them.
+        device: where it ran.
+        cache_hit: answered from the store without training.
+        error: why it failed (None when it did not).
+    """
+
+    metric: float
+    params: int
+    seconds: float
+    val_loss: float = math.nan
+    train_loss: float = math.nan
+    device: str = "cpu"
+    cache_hit: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and math.isfinite(self.metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """Static facts about one adaptable module, the raw material of observations and strategies.
+
+    Attributes:
+        name: full module name.
+        kind: one of :data:`rankgym.backbones.KINDS`.
+        layer: transformer block index.
+        in_features / out_features: shape of the map x -> W x.
+        spectrum: singular values of the frozen weight, largest first.
+    """
+
+    name: str
+    kind: str
+    layer: int
+    in_features: int
+    out_features: int
+    spectrum: tuple[float, ...] = field(repr=False, default=())
+
+    def energy_rank(self, fraction: float) -> int:
+        """Smallest r whose top singular values reach ``fraction`` of their sum (the article's rule)."""
+        s = np.asarray(self.spectrum, dtype=np.float64)
+        if s.size == 0:
+            return 0
+        return int(np.searchsorted(np.cumsum(s) / s.sum(), fraction) + 1)
+
+
+class Evaluator(ABC):
+    """Turns a rank map into an :class:`Evaluation`.
+
+    Subclasses set ``name`` and ``version`` (bump the version whenever results for the same key
+    change, so stored evaluations are not reused across it) and describe their budget.
+    """
+
+    name: str = "evaluator"
+    version: int = 1
+
+    @property
+    @abstractmethod
+    def modules(self) -> list[ModuleInfo]:
+        """Adaptable modules, in model order."""
+
+    @abstractmethod
+    def evaluate(self, rank_map: RankMap) -> Evaluation:
+        """Measure ``rank_map``; raise on failure (the environment turns errors into penalties)."""
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """Everything besides the map that decides the result: backbone, revision, task, budget, seed."""
+
+    def template(self) -> RankMap:
+        """A rank map over this evaluator's modules (rank 0), carrying its alpha policy and provenance."""
+        ident = self.identity()
+        return RankMap({m.name: 0 for m in self.modules}, provenance={"backbone": ident.get("backbone"), "task": ident.get("task")})
+
+    def trainable_params(self, rank_map: RankMap) -> int:
+        shapes = {m.name: m.in_features + m.out_features for m in self.modules}
+        return sum(r * shapes[name] for name, r in rank_map.ranks.items())
+
+    def reset_episode(self) -> None:
+        """Called by the environment at ``reset()``; stateful evaluators (warm start) start over."""
+
+    def close(self) -> None:
+        """Free what the evaluator holds (models, GPU memory)."""

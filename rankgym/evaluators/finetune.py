@@ -1,0 +1,154 @@
+"""The ``finetune`` evaluator: fresh seeded adapters, a fixed training budget, full validation.
+
+The model, tokenised data and LoRA wrappers (allocated at ``max_rank``) stay resident between
+evaluations; each evaluation re-ranks the wrappers and re-initialises adapters and head in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import torch
+
+from rankgym import __version__
+from rankgym.backbones import get_backbone, load_backbone
+from rankgym.errors import ConfigError
+from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
+from rankgym.lora.inject import apply_rank_map
+from rankgym.rankmap import RankMap
+from rankgym.tasks import encode, load_task
+from rankgym.training import Recipe, finetune, init_adapters
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return resolved
+
+
+def _revision(model, backbone: str) -> str:
+    """Which weights these are: the hub commit when known, else a hash of the config."""
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return commit
+    text = json.dumps(model.config.to_diff_dict(), sort_keys=True, default=str)
+    return f"{backbone}-config-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+class FinetuneEvaluator(Evaluator):
+    """Evaluate a rank map by a short, real LoRA fine-tune and validation.
+
+    Args:
+        backbone: backbone name (``gpt2``, ``minilm``, ``tiny``, ...).
+        task: task name or folder (see :func:`rankgym.tasks.load_task`).
+        recipe: the training budget.
+        seed: decides the training subset, its order, adapter and head initialisation.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        max_rank: rank every wrapper is allocated at, so that re-ranking never reallocates.
+        alpha / alpha_mode / rslora: the alpha policy of every evaluated map.
+        model_name_or_path / data_dir: local copies instead of the hub.
+    """
+
+    name = "finetune"
+    version = 1
+
+    def __init__(
+        self,
+        backbone: str = "minilm",
+        task: str = "sst2",
+        recipe: Recipe = Recipe(),
+        seed: int = 0,
+        device: str = "auto",
+        max_rank: int = 32,
+        alpha: float = 16.0,
+        alpha_mode: str = "fixed",
+        rslora: bool = False,
+        model_name_or_path: str | None = None,
+        data_dir: str | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.spec = get_backbone(backbone)
+        self.recipe, self.seed, self.max_rank, self.progress = recipe, seed, max_rank, progress
+        self.device = resolve_device(device)
+        self.alpha_policy = dict(alpha=alpha, alpha_mode=alpha_mode, rslora=rslora)
+        self.data = load_task(task, data_dir)
+        self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
+        self.model.to(self.device)
+        self.train_set = encode(self.data.train, self.tokenizer, recipe.max_length)
+        self.val_set = encode(self.data.validation, self.tokenizer, recipe.max_length)
+        self.revision = _revision(self.model, backbone)
+        self._modules = self._describe_modules()
+        self.last_result = None
+
+    def _describe_modules(self) -> list[ModuleInfo]:
+        infos = []
+        for name in self.spec.target_modules(self.model):
+            base = self.model.get_submodule(name)
+            weight = base.weight.detach().float().cpu()
+            spectrum = torch.linalg.svdvals(weight).tolist()
+            in_f, out_f = (weight.shape[1], weight.shape[0]) if isinstance(base, torch.nn.Linear) else tuple(weight.shape)
+            infos.append(ModuleInfo(name, self.spec.module_kind(name), self.spec.layer_index(name), in_f, out_f, tuple(spectrum)))
+        return infos
+
+    @property
+    def modules(self) -> list[ModuleInfo]:
+        return self._modules
+
+    def template(self) -> RankMap:
+        base = super().template()
+        return RankMap(base.ranks, provenance=base.provenance, **self.alpha_policy)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "backbone": self.spec.name,
+            "revision": self.revision,
+            "task": self.data.name,
+            "evaluator": f"{self.name}-v{self.version}",
+            "budget": self.recipe.to_dict(),
+            "seed": self.seed,
+            "version": __version__,
+        }
+
+    def prepare(self, rank_map: RankMap) -> None:
+        """Re-rank the resident wrappers to ``rank_map`` (modules it does not name get rank 0)."""
+        full = {m.name: 0 for m in self._modules}
+        full.update(rank_map.ranks)
+        apply_rank_map(self.model, rank_map.replace(full), max_rank=self.max_rank)
+
+    def evaluate(self, rank_map: RankMap) -> Evaluation:
+        start = time.perf_counter()
+        self.prepare(rank_map)
+        init_adapters(self.model, self.seed)
+        result = finetune(
+            self.model,
+            self.train_set,
+            self.val_set,
+            self.tokenizer.pad_token_id,
+            self.recipe,
+            self.seed,
+            progress=self.progress,
+        )
+        self.last_result = result
+        return Evaluation(
+            metric=result.metric,
+            params=self.trainable_params(rank_map),
+            seconds=time.perf_counter() - start,
+            val_loss=result.val_loss,
+            train_loss=result.train_loss,
+            device=str(self.device),
+        )
+
+    def close(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
