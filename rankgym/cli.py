@@ -53,10 +53,12 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", envvar="RANKGYM_DATA_DIR", help="GLUE-layout folder (or $RANKGYM_DATA_DIR).")
 @click.option("--model-name-or-path", help="Local checkpoint folder (or hub id) instead of the default.")
+@click.option("--text-column", default="sentence", show_default=True, help="Text column of a task folder.")
+@click.option("--label-column", default="label", show_default=True, help="Label column of a task folder.")
 @click.option("--out", type=click.Path(), help="Run folder (default: runs/finetune__BACKBONE__TASK__TIME).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line: metric, trainable_params, seconds, out.")
 def finetune(backbone, task, rank_map_path, uniform, alpha, train_examples, batch_size, lr, val_examples, seed, device,
-             data_dir, model_name_or_path, out, as_json) -> None:
+             data_dir, model_name_or_path, text_column, label_column, out, as_json) -> None:
     """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter."""
     from rankgym.evaluators.finetune import FinetuneEvaluator
     from rankgym.lora.inject import save_adapter
@@ -71,7 +73,8 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, train_examples, batc
         policy = dict(alpha=rank_map.alpha, alpha_mode=rank_map.alpha_mode, rslora=rank_map.rslora) if rank_map else dict(alpha=alpha)
         max_rank = max(rank_map.ranks.values()) if rank_map else uniform
         evaluator = FinetuneEvaluator(backbone, task, recipe, seed, device, max(max_rank, 1), model_name_or_path=model_name_or_path,
-                                      data_dir=data_dir, progress=not as_json, **policy)
+                                      data_dir=data_dir, text_column=text_column, label_column=label_column,
+                                      progress=not as_json, **policy)
         if rank_map is None:
             rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, alpha=alpha)
         rank_map.validate(evaluator.model)

@@ -32,6 +32,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, indices: list[int]) -> "Split":
+        return Split([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
 
 @dataclass
 class TaskData:
@@ -69,7 +72,7 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
         missing = {text_column, label_column} - set(reader.fieldnames or ())
         if missing:
             raise TaskError(
-                f"{path}: no column {', '.join(sorted(missing))} (columns: {', '.join(reader.fieldnames or [])}); "
+                f"{path}: missing column {', '.join(map(repr, sorted(missing)))} (it has {', '.join(reader.fieldnames or [])}); "
                 "name them with --text-column / --label-column"
             )
         rows = [(row[text_column], row[label_column]) for row in reader]

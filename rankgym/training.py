@@ -74,14 +74,17 @@ def pad_batch(ids: list[torch.Tensor], pad_id: int, device: torch.device) -> tup
     return input_ids.to(device), mask.to(device)
 
 
-def training_order(data: Encoded, recipe: Recipe, seed: int) -> list[list[int]]:
-    """Batches of indices: a seeded subset of ``train_examples``, grouped by length, in seeded order."""
+def training_subset(size: int, recipe: Recipe, seed: int) -> list[int]:
+    """The fixed, seeded training subset of ``recipe.train_examples`` indices out of ``size``."""
     g = torch.Generator().manual_seed(seed)
-    n = min(recipe.train_examples, len(data))
-    subset = torch.randperm(len(data), generator=g)[:n].tolist()
-    lengths = [len(data.ids[i]) for i in subset]
-    order = get_length_grouped_indices(lengths, recipe.batch_size, generator=g)
-    batches = [[subset[i] for i in order[k : k + recipe.batch_size]] for k in range(0, n, recipe.batch_size)]
+    return torch.randperm(size, generator=g)[: min(recipe.train_examples, size)].tolist()
+
+
+def training_order(data: Encoded, batch_size: int, seed: int) -> list[list[int]]:
+    """One pass over ``data`` in batches grouped by length, the batches in seeded order."""
+    g = torch.Generator().manual_seed(seed + 1)
+    order = get_length_grouped_indices(data.lengths, batch_size, generator=g)
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     shuffle = torch.randperm(len(batches), generator=g).tolist()  # no long-to-short curriculum
     return [batches[i] for i in shuffle]
 
@@ -130,13 +133,14 @@ def finetune(
 ) -> FinetuneResult:
     """Train the model's trainable parameters with AdamW for ``recipe``'s budget, then validate.
 
-    The adapters are trained as they are (call :func:`init_adapters` first for a fresh start).
+    ``train`` is the whole training set of this run (see :func:`training_subset`). The adapters are
+    trained as they are (call :func:`init_adapters` first for a fresh start).
     Raises :class:`TrainingDiverged` on a NaN or infinite loss.
     """
     start = time.perf_counter()
     device = _device_of(model)
     torch.manual_seed(seed)  # dropout masks
-    batches = training_order(train, recipe, seed)
+    batches = training_order(train, recipe.batch_size, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
     warmup = max(1, int(recipe.warmup * len(batches)))

@@ -20,7 +20,7 @@ from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
 from rankgym.lora.inject import apply_rank_map
 from rankgym.rankmap import RankMap
 from rankgym.tasks import encode, load_task
-from rankgym.training import Recipe, finetune, init_adapters
+from rankgym.training import Recipe, finetune, init_adapters, training_subset
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -57,6 +57,7 @@ class FinetuneEvaluator(Evaluator):
         max_rank: rank every wrapper is allocated at, so that re-ranking never reallocates.
         alpha / alpha_mode / rslora: the alpha policy of every evaluated map.
         model_name_or_path / data_dir: local copies instead of the hub.
+        text_column / label_column: columns of a task given as a folder of TSV/CSV files.
     """
 
     name = "finetune"
@@ -75,16 +76,19 @@ class FinetuneEvaluator(Evaluator):
         rslora: bool = False,
         model_name_or_path: str | None = None,
         data_dir: str | None = None,
+        text_column: str = "sentence",
+        label_column: str = "label",
         progress: bool = False,
     ) -> None:
         self.spec = get_backbone(backbone)
         self.recipe, self.seed, self.max_rank, self.progress = recipe, seed, max_rank, progress
         self.device = resolve_device(device)
         self.alpha_policy = dict(alpha=alpha, alpha_mode=alpha_mode, rslora=rslora)
-        self.data = load_task(task, data_dir)
+        self.data = load_task(task, data_dir, text_column, label_column)
         self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
         self.model.to(self.device)
-        self.train_set = encode(self.data.train, self.tokenizer, recipe.max_length)
+        subset = training_subset(len(self.data.train), recipe, seed)
+        self.train_set = encode(self.data.train.subset(subset), self.tokenizer, recipe.max_length)
         self.val_set = encode(self.data.validation, self.tokenizer, recipe.max_length)
         self.revision = _revision(self.model, backbone)
         self._modules = self._describe_modules()
