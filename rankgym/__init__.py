@@ -17,6 +17,8 @@ _PUBLIC = {
     "load_task": "rankgym.tasks",
     "Recipe": "rankgym.training",
     "FinetuneEvaluator": "rankgym.evaluators.finetune",
+    "RankSearchEnv": "rankgym.envs.rank_search",
+    "EvaluationStore": "rankgym.store",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -28,3 +30,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'rankgym' has no attribute {name!r}")
+
+
+from rankgym.registry import register_envs  # noqa: E402
+
+register_envs()

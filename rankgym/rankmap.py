@@ -54,7 +54,7 @@ class RankMap:
     """
 
     ranks: dict[str, int]
-    alpha: float = 16.0
+    alpha: float = 8.0
     alpha_mode: AlphaMode = "fixed"
     rslora: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -149,7 +149,7 @@ class RankMap:
         mode = data.get("alpha_mode", "fixed")
         if mode not in ("fixed", "ratio"):
             raise RankMapError(f"{source}: alpha_mode must be 'fixed' or 'ratio', got {mode!r}")
-        alpha = data.get("alpha", 16.0)
+        alpha = data.get("alpha", 8.0)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
             raise RankMapError(f"{source}: alpha must be a positive number, got {alpha!r}")
         return cls(dict(ranks), float(alpha), mode, bool(data.get("rslora", False)), dict(data.get("provenance") or {}))

@@ -62,6 +62,9 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, indices: list[int]) -> "Encoded":
+        return Encoded([self.ids[i] for i in indices], self.labels[indices])
+
 
 def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
     delimiter = "\t" if path.suffix == ".tsv" else ","

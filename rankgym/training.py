@@ -43,7 +43,7 @@ class Recipe:
 
     train_examples: int = 8192
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     warmup: float = 0.06
     max_length: int = 128

@@ -79,6 +79,8 @@ class Evaluator(ABC):
 
     name: str = "evaluator"
     version: int = 1
+    cacheable: bool = True  # False when a result depends on more than the map (warm start's history)
+    alpha_policy: dict[str, Any] = {"alpha": 8.0, "alpha_mode": "fixed", "rslora": False}
 
     @property
     @abstractmethod
@@ -96,11 +98,16 @@ class Evaluator(ABC):
     def template(self) -> RankMap:
         """A rank map over this evaluator's modules (rank 0), carrying its alpha policy and provenance."""
         ident = self.identity()
-        return RankMap({m.name: 0 for m in self.modules}, provenance={"backbone": ident.get("backbone"), "task": ident.get("task")})
+        provenance = {"backbone": ident.get("backbone"), "task": ident.get("task")}
+        return RankMap({m.name: 0 for m in self.modules}, provenance=provenance, **self.alpha_policy)
 
     def trainable_params(self, rank_map: RankMap) -> int:
         shapes = {m.name: m.in_features + m.out_features for m in self.modules}
         return sum(r * shapes[name] for name, r in rank_map.ranks.items())
+
+    def state_key(self) -> str:
+        """What besides the map decided the last result (stored with it); empty for stateless evaluators."""
+        return ""
 
     def reset_episode(self) -> None:
         """Called by the environment at ``reset()``; stateful evaluators (warm start) start over."""

@@ -18,6 +18,7 @@ from rankgym.backbones import get_backbone, load_backbone
 from rankgym.errors import ConfigError
 from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
 from rankgym.lora.inject import apply_rank_map
+from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
 from rankgym.tasks import encode, load_task
 from rankgym.training import Recipe, finetune, init_adapters, training_subset
@@ -71,7 +72,7 @@ class FinetuneEvaluator(Evaluator):
         seed: int = 0,
         device: str = "auto",
         max_rank: int = 32,
-        alpha: float = 16.0,
+        alpha: float = 8.0,
         alpha_mode: str = "fixed",
         rslora: bool = False,
         model_name_or_path: str | None = None,
@@ -108,10 +109,6 @@ class FinetuneEvaluator(Evaluator):
     def modules(self) -> list[ModuleInfo]:
         return self._modules
 
-    def template(self) -> RankMap:
-        base = super().template()
-        return RankMap(base.ranks, provenance=base.provenance, **self.alpha_policy)
-
     def identity(self) -> dict[str, Any]:
         return {
             "backbone": self.spec.name,
@@ -120,14 +117,15 @@ class FinetuneEvaluator(Evaluator):
             "evaluator": f"{self.name}-v{self.version}",
             "budget": self.recipe.to_dict(),
             "seed": self.seed,
+            "alpha_policy": self.alpha_policy,
             "version": __version__,
         }
 
-    def prepare(self, rank_map: RankMap) -> None:
+    def prepare(self, rank_map: RankMap, shrink: ShrinkMode = "prefix") -> None:
         """Re-rank the resident wrappers to ``rank_map`` (modules it does not name get rank 0)."""
         full = {m.name: 0 for m in self._modules}
         full.update(rank_map.ranks)
-        apply_rank_map(self.model, rank_map.replace(full), max_rank=self.max_rank)
+        apply_rank_map(self.model, rank_map.replace(full), max_rank=self.max_rank, shrink=shrink)
 
     def evaluate(self, rank_map: RankMap) -> Evaluation:
         start = time.perf_counter()

@@ -61,7 +61,7 @@ class LoRALayer(nn.Module):
         base: nn.Module,
         rank: int,
         max_rank: int | None = None,
-        alpha: float = 16.0,
+        alpha: float = 8.0,
         alpha_mode: AlphaMode = "fixed",
         rslora: bool = False,
         dropout: float = 0.0,

@@ -1,0 +1,258 @@
+"""RankSearchEnv: grow, keep or shrink the LoRA rank of every module; each step is an evaluation.
+
+The environment is thin on purpose: everything expensive sits behind an
+:class:`~rankgym.evaluators.Evaluator`, and repeated maps are answered by the
+:class:`~rankgym.store.EvaluationStore`.
+
+Observation (float32, each entry in [0, 1]): for every module, in model order,
+
+    rank / max_rank, depth (block / (blocks - 1)), one-hot kind (7: query, key, value, qkv,
+    attn_out, mlp_in, mlp_out), log2(in) / 16, log2(out) / 16, r90 / min(in, out)
+
+where r90 is the rank whose top singular values of the frozen weight reach 90 % of their sum;
+then three global features: last metric, last cost, progress in the episode (step / length).
+
+Reward: ``score = metric - lam * cost`` with cost = the map's adapter parameters divided by those
+of the uniform map at ``max_rank`` (so cost is in [0, 1]). ``reward="delta"`` gives the change of
+the score since the previous step instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from rankgym.backbones import KINDS
+from rankgym.errors import ConfigError
+from rankgym.evaluators.base import Evaluation, Evaluator
+from rankgym.rankmap import RankMap
+from rankgym.store import EvaluationStore
+
+log = logging.getLogger(__name__)
+
+MODULE_FEATURES = 4 + len(KINDS) + 1
+GLOBAL_FEATURES = 3
+SHRINK, KEEP, GROW = 0, 1, 2
+
+
+class RankSearchEnv(gym.Env):
+    """Search per-module LoRA ranks; every step fine-tunes and validates the new map.
+
+    Args:
+        evaluator: what a step costs (finetune, warmstart, fake, replay, ...).
+        lam: weight of the cost in the score.
+        rank_step: how much one grow/shrink action changes a rank.
+        min_rank / max_rank: bounds of every module's rank (``min_rank=0`` lets a module drop its adapter).
+        initial_rank: rank of every module at ``reset()``, unless ``initial_map`` is given.
+        initial_map: a rank map (or its ``ranks`` dict) to start every episode from.
+        max_episode_steps: steps per episode (the episode is then truncated).
+        target_score: end the episode early (terminated) once the score reaches it.
+        reward: ``"score"`` (metric - lam * cost) or ``"delta"`` (its change since the last step).
+        groups: ``"module"`` (one action per module), ``"block"`` or ``"kind"`` (modules share an action).
+        store: an :class:`EvaluationStore`, a path to one, or None for an in-memory cache.
+        failure_penalty: the reward of a step whose evaluation failed (the episode then ends).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        lam: float = 0.5,
+        rank_step: int = 2,
+        min_rank: int = 0,
+        max_rank: int = 16,
+        initial_rank: int = 8,
+        initial_map: RankMap | dict[str, int] | None = None,
+        max_episode_steps: int | None = 16,
+        target_score: float | None = None,
+        reward: str = "score",
+        groups: str = "module",
+        store: EvaluationStore | str | None = None,
+        failure_penalty: float = -1.0,
+    ) -> None:
+        if lam < 0:
+            raise ConfigError(f"lam must be >= 0, got {lam}")
+        if rank_step < 1:
+            raise ConfigError(f"rank_step must be >= 1, got {rank_step}")
+        if not 0 <= min_rank <= max_rank:
+            raise ConfigError(f"need 0 <= min_rank <= max_rank, got min_rank={min_rank}, max_rank={max_rank}")
+        if reward not in ("score", "delta"):
+            raise ConfigError(f"reward must be 'score' or 'delta', got {reward!r}")
+        if groups not in ("module", "block", "kind"):
+            raise ConfigError(f"groups must be 'module', 'block' or 'kind', got {groups!r}")
+        self.evaluator = evaluator
+        self.modules = evaluator.modules
+        self.names = [m.name for m in self.modules]
+        limits = np.array([min(m.in_features, m.out_features) for m in self.modules])
+        if max_rank > limits.min():
+            raise ConfigError(f"max_rank {max_rank} exceeds the smallest module's min(in, out) = {limits.min()}")
+        self.lam, self.rank_step, self.min_rank, self.max_rank = lam, rank_step, min_rank, max_rank
+        self.max_episode_steps, self.target_score, self.reward_mode = max_episode_steps, target_score, reward
+        self.failure_penalty = failure_penalty
+        self.initial = self._initial_ranks(initial_map, initial_rank)
+
+        self.group_of = self._groups(groups)
+        self.n_groups = int(self.group_of.max()) + 1
+        self.action_space = gym.spaces.MultiDiscrete([3] * self.n_groups)
+        size = len(self.modules) * MODULE_FEATURES + GLOBAL_FEATURES
+        self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(size,), dtype=np.float32)
+        self._static = self._static_features()
+
+        self.store = store if isinstance(store, EvaluationStore) else EvaluationStore(store or ":memory:")
+        self.context = self.store.register(evaluator.identity(), self.modules)
+        self.reference_params = self.max_rank * sum(m.in_features + m.out_features for m in self.modules)
+        self.template = evaluator.template()
+
+        self.ranks = self.initial.copy()
+        self.t = 0
+        self.last_score = self.last_metric = self.last_cost = 0.0
+        self.best: dict[str, Any] | None = None
+        self.evaluations = 0
+
+    # -- construction helpers ------------------------------------------------------------------
+    def _initial_ranks(self, initial_map, initial_rank: int) -> np.ndarray:
+        if initial_map is None:
+            if not self.min_rank <= initial_rank <= self.max_rank:
+                raise ConfigError(f"initial_rank {initial_rank} is outside [min_rank, max_rank] = [{self.min_rank}, {self.max_rank}]")
+            return np.full(len(self.modules), initial_rank, dtype=np.int64)
+        ranks = initial_map.ranks if isinstance(initial_map, RankMap) else dict(initial_map)
+        unknown = sorted(set(ranks) - set(self.names))
+        if unknown:
+            raise ConfigError(f"initial_map names modules this environment does not adapt: {', '.join(unknown[:5])}")
+        values = np.array([ranks.get(n, 0) for n in self.names], dtype=np.int64)
+        if values.min() < self.min_rank or values.max() > self.max_rank:
+            raise ConfigError(f"initial_map ranks must lie in [{self.min_rank}, {self.max_rank}]")
+        return values
+
+    def _groups(self, groups: str) -> np.ndarray:
+        if groups == "module":
+            return np.arange(len(self.modules))
+        labels = [m.layer if groups == "block" else m.kind for m in self.modules]
+        order = list(dict.fromkeys(labels))
+        return np.array([order.index(x) for x in labels])
+
+    def _static_features(self) -> np.ndarray:
+        deepest = max(1, max(m.layer for m in self.modules))
+        rows = []
+        for m in self.modules:
+            kind = np.zeros(len(KINDS))
+            kind[KINDS.index(m.kind)] = 1.0
+            r90 = m.energy_rank(0.9) / min(m.in_features, m.out_features)
+            rows.append([m.layer / deepest, *kind, math.log2(m.in_features) / 16, math.log2(m.out_features) / 16, r90])
+        return np.clip(np.array(rows, dtype=np.float32), 0.0, 1.0)
+
+    # -- the map and its evaluation --------------------------------------------------------------
+    def rank_map(self, ranks: Sequence[int] | None = None) -> RankMap:
+        ranks = self.ranks if ranks is None else ranks
+        return self.template.replace({n: int(r) for n, r in zip(self.names, ranks)})
+
+    def cost(self, ranks: Sequence[int]) -> float:
+        return float(sum(int(r) * (m.in_features + m.out_features) for r, m in zip(ranks, self.modules)) / self.reference_params)
+
+    def _evaluate(self, rank_map: RankMap) -> Evaluation:
+        """Answer from the store when possible; otherwise evaluate and write at once. Never raises."""
+        if self.evaluator.cacheable:
+            found = self.store.get(self.context, rank_map)
+            if found is not None:
+                return found
+        start = time.perf_counter()
+        try:
+            evaluation = self.evaluator.evaluate(rank_map)
+        except Exception as err:  # an expected failure (NaN, OOM, a raising evaluator) must not kill a search
+            log.warning("evaluation failed: %s", err, exc_info=not isinstance(err, (ArithmeticError, MemoryError)))
+            message = f"{type(err).__name__}: {err}"
+            return Evaluation(math.nan, self.evaluator.trainable_params(rank_map), time.perf_counter() - start, error=message)
+        if not math.isfinite(evaluation.metric):
+            evaluation.error = evaluation.error or f"metric is {evaluation.metric}"
+        self.evaluations += 1
+        self.store.put(self.context, rank_map, evaluation, self.evaluator.state_key())
+        return evaluation
+
+    def _observe(self) -> np.ndarray:
+        rel = (self.ranks / self.max_rank)[:, None].astype(np.float32)
+        length = self.max_episode_steps or 1
+        glob = np.array([self.last_metric, self.last_cost, min(1.0, self.t / length)], dtype=np.float32)
+        return np.clip(np.concatenate([np.hstack([rel, self._static]).ravel(), glob]), 0.0, 1.0).astype(np.float32)
+
+    def _record(self, rank_map: RankMap, evaluation: Evaluation) -> dict[str, Any]:
+        cost = self.cost(self.ranks)
+        score = evaluation.metric - self.lam * cost
+        info = {
+            "metric": evaluation.metric,
+            "params": evaluation.params,
+            "cost": cost,
+            "score": score,
+            "performance": evaluation.metric,
+            "cost_penalty": self.lam * cost,
+            "seconds": evaluation.seconds,
+            "cache_hit": evaluation.cache_hit,
+            "rank_map": dict(rank_map.ranks),
+            "error": evaluation.error,
+        }
+        if evaluation.ok and (self.best is None or score > self.best["score"]):
+            self.best = {"score": score, "rank_map": rank_map, "evaluation": evaluation, "cost": cost}
+        return info
+
+    # -- Gymnasium API ---------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if self.spec is not None and self.spec.max_episode_steps:  # gym.make(..., max_episode_steps=N)
+            self.max_episode_steps = self.spec.max_episode_steps
+        self.evaluator.reset_episode()
+        self.ranks = self.initial.copy()
+        self.t = 0
+        rank_map = self.rank_map()
+        evaluation = self._evaluate(rank_map)
+        info = self._record(rank_map, evaluation)
+        self.last_metric, self.last_score = (evaluation.metric, info["score"]) if evaluation.ok else (0.0, 0.0)
+        self.last_cost = info["cost"]
+        return self._observe(), info
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.int64).reshape(-1)
+        if action.shape != (self.n_groups,) or action.min() < 0 or action.max() > 2:
+            raise ValueError(f"action must be {self.n_groups} integers in {{0, 1, 2}} (shrink, keep, grow), got {action.tolist()}")
+        delta = (action[self.group_of] - KEEP) * self.rank_step
+        self.ranks = np.clip(self.ranks + delta, self.min_rank, self.max_rank)
+        self.t += 1
+        rank_map = self.rank_map()
+        evaluation = self._evaluate(rank_map)
+        info = self._record(rank_map, evaluation)
+        truncated = self.max_episode_steps is not None and self.t >= self.max_episode_steps
+        if not evaluation.ok:
+            info["reward_terms"] = {"failure_penalty": self.failure_penalty}
+            return self._observe(), float(self.failure_penalty), True, truncated, info
+        score = info["score"]
+        reward = score if self.reward_mode == "score" else score - self.last_score
+        info["reward_terms"] = {"performance": evaluation.metric, "cost": -self.lam * info["cost"]}
+        if self.reward_mode == "delta":
+            info["reward_terms"]["previous_score"] = -self.last_score
+        self.last_metric, self.last_cost, self.last_score = evaluation.metric, info["cost"], score
+        terminated = self.target_score is not None and score >= self.target_score
+        return self._observe(), float(reward), bool(terminated), bool(truncated), info
+
+    # -- state --------------------------------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of the episode; :meth:`load_state` continues from it."""
+        return {
+            "ranks": {n: int(r) for n, r in zip(self.names, self.ranks)},
+            "t": self.t,
+            "last_metric": float(self.last_metric),
+            "last_cost": float(self.last_cost),
+            "last_score": float(self.last_score),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.ranks = np.array([int(state["ranks"][n]) for n in self.names], dtype=np.int64)
+        self.t = int(state["t"])
+        self.last_metric, self.last_cost, self.last_score = state["last_metric"], state["last_cost"], state["last_score"]
+
+    def close(self) -> None:
+        self.evaluator.close()

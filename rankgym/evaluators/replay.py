@@ -1,0 +1,55 @@
+"""The ``replay`` evaluator: a tabular benchmark that answers only from a store of recorded evaluations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rankgym.errors import RankgymError
+from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
+from rankgym.rankmap import RankMap
+from rankgym.store import EvaluationStore
+
+
+class NotRecorded(RankgymError, LookupError):
+    """The replayed store holds no evaluation of this rank map."""
+
+
+class ReplayEvaluator(Evaluator):
+    """Answer from ``store`` for one recorded context; a map never recorded is an error.
+
+    Args:
+        store: a store path or an open :class:`EvaluationStore`.
+        backbone / task: pick the recorded context when the store holds several.
+    """
+
+    name = "replay"
+    version = 1
+
+    def __init__(self, store: str | EvaluationStore, backbone: str | None = None, task: str | None = None) -> None:
+        self.store = store if isinstance(store, EvaluationStore) else EvaluationStore(store)
+        found = [
+            (c, ident, mods)
+            for c, ident, mods in self.store.contexts()
+            if (backbone is None or ident.get("backbone") == backbone) and (task is None or ident.get("task") == task)
+        ]
+        if len(found) != 1:
+            described = ", ".join(f"{i.get('backbone')}/{i.get('task')}/{i.get('evaluator')}" for _, i, _ in self.store.contexts())
+            raise RankgymError(
+                f"replay needs exactly one recorded context in {self.store.path}, found {len(found)} "
+                f"({described or 'none'}); pick one with backbone= and task="
+            )
+        self.context, self._identity, self._modules = found[0]
+        self.alpha_policy = self._identity.get("alpha_policy", Evaluator.alpha_policy)
+
+    @property
+    def modules(self) -> list[ModuleInfo]:
+        return self._modules
+
+    def identity(self) -> dict[str, Any]:
+        return self._identity  # the recorded identity, so the environment's store lookups hit
+
+    def evaluate(self, rank_map: RankMap) -> Evaluation:
+        found = self.store.get(self.context, rank_map)
+        if found is None:
+            raise NotRecorded("this rank map was never evaluated in the replayed store")
+        return found

@@ -1,0 +1,158 @@
+"""The environment ids: ``RankSearch-{backbone}-{task}-v0`` and ``RankSearch-fake-v0``.
+
+Registration is cheap (entry points are strings) and idempotent. Every kwarg below can be
+overridden at ``gym.make``; unknown or bad ones fail at construction with a clear message.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import gymnasium as gym
+
+from rankgym.backbones import BACKBONES
+from rankgym.errors import ConfigError
+from rankgym.tasks import TASKS
+
+ENTRY_POINT = "rankgym.registry:make_rank_search_env"
+EVALUATORS = ("finetune", "warmstart", "fake", "replay")
+
+
+@dataclass
+class EnvConfig:
+    """Everything a registered environment is built from (all JSON-serialisable).
+
+    Environment: ``lam``, ``rank_step``, ``min_rank``, ``max_rank``, ``initial_rank``,
+    ``initial_map``, ``max_episode_steps``, ``target_score``, ``reward``, ``groups``, ``store``,
+    ``failure_penalty`` (see :class:`~rankgym.envs.rank_search.RankSearchEnv`).
+    Evaluator: ``evaluator`` (finetune, warmstart, fake, replay), ``backbone``, ``task``,
+    ``device``, ``seed``, training budget (``train_examples``, ``batch_size``, ``lr``,
+    ``val_examples``, ``warm_examples``), ``alpha``, local copies (``model_name_or_path``,
+    ``data_dir``), ``fake_layers`` and ``fake_noise`` for the fake evaluator.
+    """
+
+    backbone: str = "fake"
+    task: str = "fake"
+    evaluator: str = "fake"
+    device: str = "auto"
+    seed: int = 0
+    train_examples: int = 1024
+    batch_size: int = 32
+    lr: float = 3e-3
+    val_examples: int | None = None
+    warm_examples: int | None = None
+    alpha: float = 8.0
+    model_name_or_path: str | None = None
+    data_dir: str | None = None
+    fake_layers: int = 4
+    fake_noise: float = 0.0
+    lam: float = 0.5
+    rank_step: int = 2
+    min_rank: int = 0
+    max_rank: int = 16
+    initial_rank: int = 8
+    initial_map: dict[str, int] | None = None
+    max_episode_steps: int | None = 16
+    target_score: float | None = None
+    reward: str = "score"
+    groups: str = "module"
+    store: str | None = None
+    failure_penalty: float = -1.0
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any], env_id: str = "RankSearch") -> "EnvConfig":
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, names, n=1)) else "") for k in unknown]
+            raise ConfigError(f"unknown option {', '.join(hints)} for {env_id}; options are: {', '.join(names)}")
+        config = cls(**kwargs)
+        if config.evaluator not in EVALUATORS:
+            raise ConfigError(f"evaluator must be one of {', '.join(EVALUATORS)}, got {config.evaluator!r}")
+        for name in ("train_examples", "batch_size"):
+            if getattr(config, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
+        if config.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {config.lr}")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Per-backbone defaults: a step's training budget and the episode, sized for the hardware each suits.
+BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(train_examples=256, val_examples=256, max_rank=8, initial_rank=4, max_episode_steps=8),
+    "minilm": dict(train_examples=1024, max_rank=16, initial_rank=8, max_episode_steps=16),
+    "gpt2": dict(train_examples=2048, max_rank=16, initial_rank=8, max_episode_steps=16),
+    "distilgpt2": dict(train_examples=2048, max_rank=16, initial_rank=8, max_episode_steps=16),
+}
+FAKE_ID = "RankSearch-fake-v0"
+
+
+def env_ids() -> dict[str, dict[str, Any]]:
+    """Every registered id with its default kwargs."""
+    ids = {FAKE_ID: dict(backbone="fake", task="fake", evaluator="fake")}
+    for backbone in BACKBONES:
+        for task in TASKS:
+            ids[f"RankSearch-{backbone}-{task}-v0"] = dict(backbone=backbone, task=task, evaluator="finetune",
+                                                          **BACKBONE_DEFAULTS[backbone])
+    return ids
+
+
+def register_envs() -> None:
+    for env_id, kwargs in env_ids().items():
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=ENTRY_POINT, kwargs=dict(kwargs, env_id=env_id))
+
+
+def build_evaluator(config: EnvConfig):
+    from rankgym.training import Recipe
+
+    if config.evaluator == "fake":
+        from rankgym.evaluators.fake import FakeEvaluator
+
+        return FakeEvaluator(layers=config.fake_layers, seed=config.seed, noise=config.fake_noise)
+    if config.evaluator == "replay":
+        from rankgym.evaluators.replay import ReplayEvaluator
+
+        if not config.store:
+            raise ConfigError("the replay evaluator answers from a store: pass store='path/to/store.sqlite'")
+        return ReplayEvaluator(config.store, config.backbone, config.task)
+    recipe = Recipe(train_examples=config.train_examples, batch_size=config.batch_size, lr=config.lr, val_examples=config.val_examples)
+    common = dict(backbone=config.backbone, task=config.task, recipe=recipe, seed=config.seed, device=config.device,
+                  max_rank=config.max_rank, alpha=config.alpha, model_name_or_path=config.model_name_or_path, data_dir=config.data_dir)
+    if config.evaluator == "warmstart":
+        from rankgym.evaluators.warmstart import WarmStartEvaluator
+
+        return WarmStartEvaluator(warm_examples=config.warm_examples, **common)
+    from rankgym.evaluators.finetune import FinetuneEvaluator
+
+    return FinetuneEvaluator(**common)
+
+
+def make_rank_search_env(env_id: str = "RankSearch", **kwargs: Any):
+    """Entry point of every registered id: validate kwargs, build the evaluator, then the env."""
+    from rankgym.envs.rank_search import RankSearchEnv
+
+    config = EnvConfig.from_kwargs(kwargs, env_id)
+    evaluator = build_evaluator(config)
+    env = RankSearchEnv(
+        evaluator,
+        lam=config.lam,
+        rank_step=config.rank_step,
+        min_rank=config.min_rank,
+        max_rank=config.max_rank,
+        initial_rank=config.initial_rank,
+        initial_map=config.initial_map,
+        max_episode_steps=config.max_episode_steps,
+        target_score=config.target_score,
+        reward=config.reward,
+        groups=config.groups,
+        store=config.store if config.evaluator != "replay" else evaluator.store,
+        failure_penalty=config.failure_penalty,
+    )
+    env.config = config
+    return env

@@ -1,0 +1,143 @@
+"""The evaluation store: every evaluation, written as soon as it finishes, and reused when repeated.
+
+SQLite in WAL mode, so several processes (vector-env workers, parallel searches) can share one
+file: writes are single INSERT OR IGNORE statements keyed by a hash of what decides the result
+(backbone and revision, task, evaluator and budget, seed, package version, canonical rank map).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from rankgym.evaluators.base import Evaluation, ModuleInfo
+from rankgym.rankmap import RankMap
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS contexts (
+    context TEXT PRIMARY KEY,      -- hash of the identity
+    identity TEXT NOT NULL,        -- JSON: backbone, revision, task, evaluator, budget, seed, version
+    modules TEXT NOT NULL          -- JSON list of ModuleInfo, so a replay needs no model
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    key TEXT PRIMARY KEY,          -- hash of context + canonical rank map
+    context TEXT NOT NULL,
+    rank_map TEXT NOT NULL,        -- canonical JSON (RankMap.key())
+    metric REAL NOT NULL,
+    params INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    val_loss REAL,
+    train_loss REAL,
+    device TEXT,
+    created REAL NOT NULL          -- unix time stamp
+);
+CREATE INDEX IF NOT EXISTS evaluations_context ON evaluations (context);
+"""
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def context_of(identity: dict[str, Any]) -> str:
+    return _hash(identity)
+
+
+def _key(context: str, rank_map: RankMap, state_key: str = "") -> str:
+    return _hash([context, rank_map.key()] + ([state_key] if state_key else []))
+
+
+class EvaluationStore:
+    """A SQLite file of evaluations (``":memory:"`` for a process-local cache).
+
+    Args:
+        path: the database file; created with its folder if missing.
+        timeout: seconds a writer waits for another process's lock.
+    """
+
+    def __init__(self, path: str | Path = ":memory:", timeout: float = 60.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def register(self, identity: dict[str, Any], modules: list[ModuleInfo]) -> str:
+        """Record an evaluator's identity and modules; returns its context hash."""
+        context = context_of(identity)
+        payload = [dict(m.__dict__, spectrum=list(m.spectrum)) for m in modules]
+        self.db.execute(
+            "INSERT OR IGNORE INTO contexts VALUES (?, ?, ?)", (context, json.dumps(identity, sort_keys=True), json.dumps(payload))
+        )
+        return context
+
+    def get(self, context: str, rank_map: RankMap) -> Evaluation | None:
+        row = self.db.execute(
+            "SELECT metric, params, seconds, val_loss, train_loss, device FROM evaluations WHERE key = ?",
+            (_key(context, rank_map),),
+        ).fetchone()
+        if row is None:
+            return None
+        metric, params, seconds, val_loss, train_loss, device = row
+        return Evaluation(metric, params, seconds, _nan(val_loss), _nan(train_loss), device, cache_hit=True)
+
+    def put(self, context: str, rank_map: RankMap, evaluation: Evaluation, state_key: str = "") -> None:
+        """Write a successful evaluation at once (failed ones are not cached: they may not repeat).
+
+        ``state_key`` separates results that depend on more than the map (a warm start's history).
+        """
+        if not evaluation.ok:
+            return
+        self.db.execute(
+            "INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                _key(context, rank_map, state_key),
+                context,
+                rank_map.key(),
+                evaluation.metric,
+                evaluation.params,
+                evaluation.seconds,
+                _none(evaluation.val_loss),
+                _none(evaluation.train_loss),
+                evaluation.device,
+                time.time(),
+            ),
+        )
+
+    def contexts(self) -> list[tuple[str, dict[str, Any], list[ModuleInfo]]]:
+        rows = self.db.execute("SELECT context, identity, modules FROM contexts").fetchall()
+        return [
+            (c, json.loads(i), [ModuleInfo(**dict(m, spectrum=tuple(m["spectrum"]))) for m in json.loads(ms)]) for c, i, ms in rows
+        ]
+
+    def evaluations(self, context: str | None = None) -> list[dict[str, Any]]:
+        """Every stored evaluation (of one context), oldest first, with its rank map decoded."""
+        query = "SELECT context, rank_map, metric, params, seconds, val_loss, train_loss, device, created FROM evaluations"
+        args: tuple = ()
+        if context:
+            query, args = query + " WHERE context = ?", (context,)
+        cols = ("context", "rank_map", "metric", "params", "seconds", "val_loss", "train_loss", "device", "created")
+        rows = [dict(zip(cols, row)) for row in self.db.execute(query + " ORDER BY created", args)]
+        for row in rows:
+            row["rank_map"] = json.loads(row["rank_map"])
+        return rows
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _none(x: float) -> float | None:
+    return None if x != x else x  # NaN -> NULL
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else x
