@@ -93,5 +93,22 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, train_examples, batc
         click.echo(json.dumps(summary))
 
 
+@main.command()
+def envs() -> None:
+    """List the registered environment ids with backbone, task, evaluator and default budget."""
+    from rankgym.registry import EnvConfig, env_ids
+
+    defaults = EnvConfig()
+    rows = [("id", "backbone", "task", "evaluator", "train examples", "episode steps", "max rank")]
+    for env_id, kwargs in env_ids().items():
+        get = lambda k: kwargs.get(k, getattr(defaults, k))  # noqa: E731
+        budget = "closed form" if get("evaluator") == "fake" else str(get("train_examples"))
+        rows.append((env_id, get("backbone"), get("task"), get("evaluator"), budget, str(get("max_episode_steps")), str(get("max_rank"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    click.echo("\nOverride any option at gym.make, e.g. gym.make(id, lam=0.2, device='cpu', store='runs/store.sqlite').")
+
+
 if __name__ == "__main__":
     sys.exit(main())

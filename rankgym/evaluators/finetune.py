@@ -21,7 +21,7 @@ from rankgym.lora.inject import apply_rank_map
 from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
 from rankgym.tasks import encode, load_task
-from rankgym.training import Recipe, finetune, init_adapters, training_subset
+from rankgym.training import FinetuneResult, Recipe, finetune, init_adapters, training_subset
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -93,7 +93,7 @@ class FinetuneEvaluator(Evaluator):
         self.val_set = encode(self.data.validation, self.tokenizer, recipe.max_length)
         self.revision = _revision(self.model, backbone)
         self._modules = self._describe_modules()
-        self.last_result = None
+        self.last_result: FinetuneResult | None = None  # the last evaluation's losses and step count
 
     def _describe_modules(self) -> list[ModuleInfo]:
         infos = []
@@ -151,6 +151,6 @@ class FinetuneEvaluator(Evaluator):
         )
 
     def close(self) -> None:
-        del self.model
+        self.model = None  # idempotent: Gymnasium may close twice
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -59,7 +59,7 @@ class WarmStartEvaluator(FinetuneEvaluator):
             data = self.train_set.take([(first + i) % n for i in range(min(self.warm_examples, n))])
             recipe = replace(self.recipe, train_examples=self.warm_examples)
         self._history.append(rank_map.key())
-        result = finetune(self.model, data, self.val_set, self.tokenizer.pad_token_id, recipe, self.seed + step,
-                          progress=self.progress)
+        result = self.last_result = finetune(self.model, data, self.val_set, self.tokenizer.pad_token_id, recipe,
+                                             self.seed + step, progress=self.progress)
         return Evaluation(result.metric, self.trainable_params(rank_map), time.perf_counter() - start,
                           result.val_loss, result.train_loss, str(self.device))

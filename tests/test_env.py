@@ -1,0 +1,290 @@
+"""RankSearchEnv through the registry, as agents use it."""
+
+import json
+import math
+import multiprocessing as mp
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import rankgym  # noqa: F401  (registers the ids)
+from rankgym.envs.rank_search import RankSearchEnv
+from rankgym.errors import ConfigError
+from rankgym.evaluators.base import Evaluation
+from rankgym.evaluators.fake import FakeEvaluator
+from rankgym.store import EvaluationStore
+
+TINY = "RankSearch-tiny-sst2-v0"
+
+
+def tiny(sst2_dir, **kwargs):
+    return gym.make(TINY, device="cpu", data_dir=str(sst2_dir), **kwargs)
+
+
+def test_checkers_pass_on_the_fake_env():
+    env = gym.make("RankSearch-fake-v0")
+    check_env(env.unwrapped)
+    sb3_check_env(env.unwrapped)
+
+
+def test_checkers_pass_on_the_tiny_env(sst2_dir):
+    env = tiny(sst2_dir, max_episode_steps=3).unwrapped
+    # Gymnasium's determinism check steps twice from reset(seed=123) with one sampled action; the
+    # second step is a genuine store hit, so its info says cache_hit=True where the first said
+    # False. Record that step first (as a resumed search would have it), then check.
+    env.action_space.seed(123)
+    action = env.action_space.sample()
+    env.reset(seed=123)
+    env.step(action)
+    check_env(env)
+    sb3_check_env(env)
+
+
+def test_observation_layout_is_documented_size(sst2_dir):
+    env = gym.make("RankSearch-fake-v0").unwrapped
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (24 * 12 + 3,)
+    assert obs[0] == pytest.approx(8 / 16)  # first module's rank relative to max_rank
+    assert obs[-3] == pytest.approx(info["metric"]) and obs[-2] == pytest.approx(info["cost"]) and obs[-1] == 0.0
+    assert set(info) >= {"metric", "params", "cost", "seconds", "cache_hit", "rank_map", "error"}
+
+
+def run_actions(env, actions, seed=0):
+    obs, _ = env.reset(seed=seed)
+    trace = [obs]
+    for a in actions:
+        obs, reward, terminated, truncated, info = env.step(a)
+        trace.append((obs, reward, info["metric"], terminated, truncated))
+        if terminated or truncated:
+            break
+    return trace
+
+
+def assert_same(trace_a, trace_b):
+    assert len(trace_a) == len(trace_b)
+    np.testing.assert_array_equal(trace_a[0], trace_b[0])
+    for a, b in zip(trace_a[1:], trace_b[1:]):
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1:] == b[1:]
+
+
+def test_same_seed_same_trajectory_fake():
+    space = gym.make("RankSearch-fake-v0").action_space
+    space.seed(3)
+    actions = [space.sample() for _ in range(16)]
+    assert_same(run_actions(gym.make("RankSearch-fake-v0", fake_noise=0.01), actions),
+                run_actions(gym.make("RankSearch-fake-v0", fake_noise=0.01), actions))
+
+
+def test_same_seed_same_trajectory_tiny_cpu(sst2_dir):
+    actions = [np.full(8, 2), np.array([0, 1, 2, 0, 1, 2, 0, 0])]
+    first = run_actions(tiny(sst2_dir, seed=5), actions)  # each env has its own in-memory store
+    second = run_actions(tiny(sst2_dir, seed=5), actions)
+    assert_same(first, second)
+    assert len({t[2] for t in first[1:]}) >= 1 and all(0 <= t[2] <= 1 for t in first[1:])
+
+
+def test_stored_evaluation_is_reused_without_training(sst2_dir, tmp_path, monkeypatch):
+    store = str(tmp_path / "store.sqlite")
+    env = tiny(sst2_dir, store=store).unwrapped
+    _, info = env.reset(seed=0)
+    assert info["cache_hit"] is False
+    _, _, _, _, stepped = env.step(np.full(8, 2))
+
+    again = tiny(sst2_dir, store=store).unwrapped
+    calls = []
+    monkeypatch.setattr(again.evaluator, "evaluate", lambda m: calls.append(m) or pytest.fail("trained"))
+    _, info = again.reset(seed=0)
+    _, _, _, _, hit = again.step(np.full(8, 2))
+    assert calls == [] and info["cache_hit"] and hit["cache_hit"]
+    assert hit["metric"] == stepped["metric"] and hit["params"] == stepped["params"]
+    assert len(EvaluationStore(store)) == 2
+
+
+def test_warm_start_growth_leaves_validation_loss_unchanged(sst2_dir):
+    from rankgym.training import evaluate
+
+    env = tiny(sst2_dir, evaluator="warmstart", warm_examples=64).unwrapped
+    evaluator = env.evaluator
+    _, info = env.reset(seed=0)
+    loss_before = evaluator.last_result.val_loss
+    grown = env.rank_map(np.minimum(env.ranks + 2, env.max_rank))
+    evaluator.prepare(grown, shrink="svd")
+    _, loss_grown = evaluate(evaluator.model, evaluator.val_set, evaluator.tokenizer.pad_token_id,
+                             evaluator.recipe.eval_batch_size, evaluator.recipe.val_examples)
+    assert loss_grown == pytest.approx(loss_before, rel=1e-5)
+    assert all(layer.rank == 6 for layer in evaluator.model.modules() if hasattr(layer, "lora_A"))
+
+
+def test_warm_start_steps_train_less_and_are_not_cache_hits(sst2_dir):
+    env = tiny(sst2_dir, evaluator="warmstart", warm_examples=64).unwrapped
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.full(8, 1))  # same map as the reset: trained further, not a hit
+    assert info["cache_hit"] is False and env.evaluator.last_result.steps == 2
+
+
+def test_ten_thousand_random_actions_stay_in_bounds():
+    env = gym.make("RankSearch-fake-v0", min_rank=2, max_rank=12, initial_rank=6, rank_step=3, max_episode_steps=50).unwrapped
+    env.action_space.seed(0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(10_000):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs)
+        assert env.ranks.min() >= 2 and env.ranks.max() <= 12
+        assert math.isfinite(reward)
+        if terminated or truncated:
+            obs, _ = env.reset()
+
+
+class Exploding(FakeEvaluator):
+    def __init__(self, fail_on_call: int, error: Exception):
+        super().__init__()
+        self.calls, self.fail_on_call, self.error = 0, fail_on_call, error
+
+    def evaluate(self, rank_map):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise self.error
+        return super().evaluate(rank_map)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), ArithmeticError("loss is nan")])
+def test_a_failing_evaluation_ends_the_episode_with_the_penalty(error):
+    env = RankSearchEnv(Exploding(fail_on_call=3, error=error), failure_penalty=-2.0)
+    env.reset(seed=0)
+    env.step(np.full(24, 2))
+    _, reward, terminated, _, info = env.step(np.full(24, 2))
+    assert reward == -2.0 and terminated and error.args[0] in info["error"]
+    env.reset(seed=0)  # the process and the environment go on
+    _, reward, terminated, _, info = env.step(np.full(24, 0))
+    assert info["error"] is None and reward > -1 and not terminated
+
+
+def test_a_nan_training_loss_is_a_failure_not_a_crash(sst2_dir):
+    env = tiny(sst2_dir, lr=1e12).unwrapped
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(np.full(8, 2))
+    assert terminated and reward == -1.0 and "TrainingDiverged" in info["error"]
+
+
+def test_target_score_terminates_and_delta_reward_is_the_change():
+    env = gym.make("RankSearch-fake-v0", reward="delta").unwrapped
+    _, first = env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.full(24, 2))
+    assert reward == pytest.approx(info["score"] - first["score"])
+    env = gym.make("RankSearch-fake-v0", target_score=-10.0).unwrapped
+    env.reset(seed=0)
+    assert env.step(np.full(24, 1))[2] is True
+
+
+def test_groups_share_actions():
+    env = gym.make("RankSearch-fake-v0", groups="block").unwrapped
+    assert env.action_space.nvec.tolist() == [3] * 4
+    env.reset(seed=0)
+    env.step(np.array([2, 1, 0, 1]))
+    assert env.ranks.reshape(4, 6).tolist() == [[10] * 6, [8] * 6, [6] * 6, [8] * 6]
+    assert gym.make("RankSearch-fake-v0", groups="kind").action_space.nvec.tolist() == [3] * 6
+
+
+def test_best_and_state_round_trip():
+    env = gym.make("RankSearch-fake-v0").unwrapped
+    env.reset(seed=0)
+    for a in ([2] * 24, [0] * 24, [1] * 24):
+        env.step(np.array(a))
+    state = json.loads(json.dumps(env.state))
+    assert env.best["score"] >= max(env.best["score"], -1)
+    replica = gym.make("RankSearch-fake-v0").unwrapped
+    replica.reset(seed=0)
+    replica.load_state(state)
+    action = np.array([2, 0] * 12)
+    a = env.step(action)
+    b = replica.step(action)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1] == b[1]
+
+
+def test_fake_optimum_beats_every_uniform_map():
+    env = gym.make("RankSearch-fake-v0").unwrapped
+    fake = env.evaluator
+    choices = list(range(0, 17, 2))
+    best_ranks, best_score = fake.optimum(env.lam, choices, env.reference_params)
+    for r in choices:
+        uniform = fake.metric_of([r] * 24) - env.lam * env.cost([r] * 24)
+        assert best_score >= uniform
+    assert best_score == pytest.approx(fake.metric_of(best_ranks) - env.lam * env.cost(best_ranks))
+    assert len(set(best_ranks)) > 1  # modules differ: a non-uniform optimum
+
+
+def test_bad_kwargs_fail_at_construction():
+    with pytest.raises(ConfigError, match=r"unknown option 'lamda' \(did you mean 'lam'\?\)"):
+        gym.make("RankSearch-fake-v0", lamda=0.1)
+    with pytest.raises(ConfigError, match="reward must be 'score' or 'delta'"):
+        gym.make("RankSearch-fake-v0", reward="accuracy")
+    with pytest.raises(ConfigError, match="evaluator must be one of"):
+        gym.make("RankSearch-fake-v0", evaluator="magic")
+    with pytest.raises(ConfigError, match="min_rank <= max_rank"):
+        gym.make("RankSearch-fake-v0", min_rank=9, max_rank=4)
+
+
+def test_registry_has_every_backbone_and_task():
+    ids = [i for i in gym.registry if i.startswith("RankSearch-")]
+    assert set(ids) >= {"RankSearch-gpt2-sst2-v0", "RankSearch-distilgpt2-sst2-v0", "RankSearch-minilm-sst2-v0",
+                        "RankSearch-tiny-sst2-v0", "RankSearch-fake-v0"}
+    spec = gym.spec("RankSearch-gpt2-sst2-v0")
+    json.dumps(spec.kwargs)  # serialisable
+    assert spec.kwargs["backbone"] == "gpt2" and spec.kwargs["train_examples"] == 2048
+
+
+def _make_in_child(queue):
+    import gymnasium
+
+    env = gymnasium.make("rankgym:RankSearch-fake-v0")
+    obs, info = env.reset(seed=0)
+    queue.put((obs.shape, info["metric"]))
+
+
+def test_make_with_module_prefix_in_a_spawned_process():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_make_in_child, args=(queue,))
+    child.start()
+    shape, metric = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert shape == (291,) and 0.5 < metric < 1
+
+
+def _write_rows(path, worker, n):
+    from rankgym.rankmap import RankMap
+
+    store = EvaluationStore(path)
+    for i in range(n):
+        store.put("ctx", RankMap({"m": worker * 10_000 + i}), Evaluation(0.5, i, 0.1))
+
+
+def test_two_processes_writing_one_store_lose_nothing(tmp_path):
+    path = str(tmp_path / "shared.sqlite")
+    EvaluationStore(path)
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=_write_rows, args=(path, w, 300)) for w in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert len(EvaluationStore(path)) == 600
+
+
+def test_replay_answers_only_from_the_store(tmp_path):
+    path = str(tmp_path / "fake.sqlite")
+    env = gym.make("RankSearch-fake-v0", store=path).unwrapped
+    env.reset(seed=0)
+    _, _, _, _, recorded = env.step(np.full(24, 2))
+    replay = gym.make("RankSearch-fake-v0", evaluator="replay", store=path).unwrapped
+    _, info = replay.reset(seed=0)
+    _, _, _, _, again = replay.step(np.full(24, 2))
+    assert again["metric"] == recorded["metric"] and again["cache_hit"]
+    _, reward, terminated, _, missing = replay.step(np.full(24, 2))
+    assert terminated and reward == -1.0 and "never evaluated" in missing["error"]
