@@ -168,12 +168,14 @@ def resolve_source(spec: BackboneSpec, model_name_or_path: str | None = None) ->
 
 
 def load_backbone(
-    name: str, model_name_or_path: str | None = None, num_labels: int = 2, seed: int = 0
+    name: str, model_name_or_path: str | None = None, num_labels: int = 2, seed: int = 0, dropout: bool = False
 ) -> tuple[nn.Module, "object"]:
     """A sequence-classification model (frozen-ready) and its tokenizer.
 
     GPT-2 models get a pad token (their end-of-text token) and classify on the last real token.
-    ``seed`` decides the random parts: the head, and for ``tiny`` the whole model.
+    ``seed`` decides the random parts: the head, and for ``tiny`` the whole model. The backbone's
+    own dropout is off unless ``dropout=True``: an evaluation is a short fine-tune, where dropout
+    costs accuracy (MiniLM, SST-2, rank 8, 8,192 examples: 0.845 without, 0.822 with) and time.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -202,6 +204,10 @@ def load_backbone(
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
+    if not dropout:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
     model.eval()
     return model, tokenizer
 
@@ -226,3 +232,17 @@ def init_head(model: nn.Module, generator: torch.Generator) -> None:
                     if module.bias is not None:
                         module.bias.zero_()
 
+
+
+def module_infos(model: nn.Module, spec: BackboneSpec):
+    """:class:`~rankgym.evaluators.base.ModuleInfo` of every default module: kind, block, shape, spectrum."""
+    from rankgym.evaluators.base import ModuleInfo
+    from rankgym.lora.layer import base_shape
+
+    infos = []
+    for name in spec.target_modules(model):
+        module = model.get_submodule(name)
+        base = getattr(module, "base", module)  # a wrapped module's frozen weight
+        spectrum = torch.linalg.svdvals(base.weight.detach().float().cpu()).tolist()
+        infos.append(ModuleInfo(name, spec.module_kind(name), spec.layer_index(name), *base_shape(base), tuple(spectrum)))
+    return infos

@@ -93,6 +93,137 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, train_examples, batc
         click.echo(json.dumps(summary))
 
 
+AGENTS = ("ppo", "random", "tpe", "uniform", "presets", "spectral")
+
+
+def key_values(pairs: tuple[str, ...]) -> dict:
+    """``key=value`` options to a dict; values are Python literals when they parse as one."""
+    import ast
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
+              hyperparams: dict, n_envs: int, devices: tuple[str, ...]) -> dict:
+    """Dispatch to the agent scripts in agents/ (shipped as rankgym.agents)."""
+    if agent == "ppo":
+        from rankgym.agents import ppo
+
+        return ppo.run(ppo.Args(env_id, budget, seed, n_envs, list(devices), out, resume, env_kwargs, hyperparams))
+    if agent == "random":
+        from rankgym.agents import random_search
+
+        return random_search.run(random_search.Args(env_id, budget, seed, out, resume, env_kwargs))
+    if agent == "tpe":
+        from rankgym.agents import tpe
+
+        return tpe.run(tpe.Args(env_id, budget, seed, out, resume, env_kwargs))
+    from rankgym.agents import baselines
+
+    return baselines.run(baselines.Args(env_id, agent, budget, seed, out, resume, env_kwargs))
+
+
+@main.command()
+@click.argument("env_id", required=False)
+@click.option("--agent", type=click.Choice(AGENTS), default="ppo", show_default=True)
+@click.option("--budget", type=int, default=64, show_default=True, help="Evaluations to spend (environment steps or maps).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), help="Run folder (default runs/ENV__AGENT__SEED__TIME).")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue a killed run from its folder.")
+@click.option("--env", "env_options", multiple=True, metavar="KEY=VALUE", help="gym.make override (repeatable), e.g. --env lam=0.2.")
+@click.option("--set", "hp_options", multiple=True, metavar="KEY=VALUE", help="PPO hyperparameter override (repeatable).")
+@click.option("--n-envs", type=int, default=1, show_default=True, help="PPO: parallel environments (spawned processes).")
+@click.option("--devices", multiple=True, help="PPO: one device per worker, cycled (repeatable).")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
+def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, report) -> None:
+    """Search rank maps on ENV_ID with an agent; writes a run folder with the best map and a report."""
+    with user_errors():
+        if resume_dir:
+            saved = json.loads((Path(resume_dir) / "config.json").read_text()) if (Path(resume_dir) / "config.json").is_file() else None
+            if saved is None:
+                fail(f"{resume_dir} holds no config.json: is it a run folder written by `rankgym search`?")
+            env_id, agent, budget, seed = saved["env_id"], saved["agent"], saved["budget"], saved["seed"]
+            env_kwargs, hyperparams, n_envs = saved.get("env_kwargs", {}), saved.get("hyperparams", {}), saved.get("n_envs", 1)
+            out = resume_dir
+        else:
+            if not env_id:
+                fail("give an ENV_ID (see `rankgym envs`) or --resume RUN_DIR")
+            env_kwargs, hyperparams = key_values(env_options), key_values(hp_options)
+        import gymnasium as gym
+
+        import rankgym  # noqa: F401
+
+        if env_id not in gym.registry:
+            fail(f"unknown environment {env_id!r}; `rankgym envs` lists them")
+        summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices)
+        run_dir = Path(out) if out else None
+        if run_dir is None:
+            run_dir = sorted(Path("runs").glob(f"{env_id}__{agent}__{seed}__*"))[-1]
+        if report:
+            from rankgym.report import write_report
+
+            write_report([run_dir], run_dir / "report")
+    click.echo(f"best reward {summary['best_reward']:.4f} | {summary.get('best_metric') or float('nan'):.4f} metric | "
+               f"{summary['best_params']:,} adapter parameters | {summary['evaluations']} evaluations "
+               f"({summary['trained']} trained) in {summary['seconds']:.0f} s")
+    click.echo(f"run folder: {run_dir}" + (f"  report: {run_dir / 'report' / 'report.md'}" if report else ""))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--peft", "peft_dir", type=click.Path(), required=True, help="Folder to write adapter_config.json to.")
+def export(run_dir, peft_dir) -> None:
+    """Write the best map of RUN_DIR as a PEFT LoraConfig (adapter_config.json)."""
+    from rankgym.rankmap import RankMap
+
+    with user_errors():
+        best = RankMap.load(Path(run_dir) / "best_rank_map.json")
+        gpt2 = any(name.endswith(("c_attn", "c_fc")) for name in best.ranks)
+        config = best.to_peft_config(fan_in_fan_out=gpt2)
+        config.save_pretrained(peft_dir)
+    active = sum(r > 0 for r in best.ranks.values())
+    click.echo(f"wrote {Path(peft_dir) / 'adapter_config.json'}: {active} modules, ranks {min(config.rank_pattern.values())}.."
+               f"{max(config.rank_pattern.values())}; load with peft.LoraConfig.from_pretrained({str(peft_dir)!r})")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(), help="Report folder (default: RUN_DIR/report for one run, runs/report__TIME for several).")
+def report(run_dirs, out) -> None:
+    """Plot and tabulate one or more search runs (PNG plots, report.md, report.html)."""
+    from rankgym.report import write_report
+
+    with user_errors():
+        folder = write_report(list(run_dirs), out or (Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else default_out("report")))
+    click.echo(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+
+
+@main.command()
+@click.option("--backbone", default="minilm", show_default=True)
+@click.option("--model-name-or-path", help="Local checkpoint folder (or hub id).")
+@click.option("--out", type=click.Path(), help="Folder (default runs/analyze__BACKBONE__TIME).")
+def analyze(backbone, model_name_or_path, out) -> None:
+    """Singular-value spectra of the adapted weights and their 80/90/95 % ranks (plots and JSON)."""
+    from rankgym.backbones import get_backbone, load_backbone, module_infos
+    from rankgym.report import analyze_backbone
+
+    with user_errors():
+        model, _ = load_backbone(backbone, model_name_or_path)
+        table = analyze_backbone(module_infos(model, get_backbone(backbone)), out_dir := Path(out or default_out("analyze", backbone)))
+    for name, row in list(table.items())[:6]:
+        click.echo(f"{name:50s} {row['kind']:9s} r80={row['r80']:4d} r90={row['r90']:4d} r95={row['r95']:4d}")
+    click.echo(f"... {len(table)} modules; wrote {out_dir / 'spectral_ranks.json'} and {out_dir / 'spectra.png'}")
+
+
 @main.command()
 def envs() -> None:
     """List the registered environment ids with backbone, task, evaluator and default budget."""

@@ -97,9 +97,17 @@ def test_rank_zero_is_the_base_and_costs_nothing(base):
 def test_ranks_above_min_in_out_are_refused():
     with pytest.raises(ValueError, match=r"0\.\.16"):
         LoRALayer(nn.Linear(24, 16), rank=17)
-    layer = LoRALayer(nn.Linear(24, 16), rank=2, max_rank=4)
-    with pytest.raises(ValueError, match="max_rank 4"):
-        layer.set_rank(6)
+    with pytest.raises(ValueError, match=r"0\.\.16"):
+        LoRALayer(nn.Linear(24, 16), rank=2).set_rank(17)
+
+
+def test_growing_past_max_rank_reallocates_and_keeps_the_output():
+    layer = trained(LoRALayer(nn.Linear(24, 16), rank=2, max_rank=4))
+    x = torch.randn(3, 24)
+    before = layer(x)
+    layer.set_rank(10)
+    assert layer.max_rank == 10 and layer.lora_A.shape == (10, 24) and layer.lora_B.requires_grad
+    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
 
 
 def test_base_is_frozen_and_trainable_count_is_r_times_in_plus_out():

@@ -152,7 +152,9 @@ class RankSearchEnv(gym.Env):
         ranks = self.ranks if ranks is None else ranks
         return self.template.replace({n: int(r) for n, r in zip(self.names, ranks)})
 
-    def cost(self, ranks: Sequence[int]) -> float:
+    def cost(self, ranks: Sequence[int] | RankMap) -> float:
+        if isinstance(ranks, RankMap):
+            ranks = [ranks.ranks.get(n, 0) for n in self.names]
         return float(sum(int(r) * (m.in_features + m.out_features) for r, m in zip(ranks, self.modules)) / self.reference_params)
 
     def _evaluate(self, rank_map: RankMap) -> Evaluation:
@@ -181,7 +183,7 @@ class RankSearchEnv(gym.Env):
         return np.clip(np.concatenate([np.hstack([rel, self._static]).ravel(), glob]), 0.0, 1.0).astype(np.float32)
 
     def _record(self, rank_map: RankMap, evaluation: Evaluation) -> dict[str, Any]:
-        cost = self.cost(self.ranks)
+        cost = self.cost(rank_map)
         score = evaluation.metric - self.lam * cost
         info = {
             "metric": evaluation.metric,
@@ -197,6 +199,19 @@ class RankSearchEnv(gym.Env):
         }
         if evaluation.ok and (self.best is None or score > self.best["score"]):
             self.best = {"score": score, "rank_map": rank_map, "evaluation": evaluation, "cost": cost}
+        return info
+
+    def evaluate_map(self, rank_map: RankMap | dict[str, int]) -> dict[str, Any]:
+        """Evaluate any map of these modules (for non-RL agents), through the same store and best.
+
+        Ranks may exceed ``max_rank`` (baselines such as the high preset); the episode is untouched.
+        Returns the same info a step returns, with ``reward`` set to the score (or the penalty).
+        """
+        ranks = rank_map.ranks if isinstance(rank_map, RankMap) else rank_map
+        rank_map = self.template.replace({n: int(ranks.get(n, 0)) for n in self.names})
+        evaluation = self._evaluate(rank_map)
+        info = self._record(rank_map, evaluation)
+        info["reward"] = info["score"] if evaluation.ok else self.failure_penalty
         return info
 
     # -- Gymnasium API ---------------------------------------------------------------------------

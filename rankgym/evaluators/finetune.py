@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rankgym import __version__
-from rankgym.backbones import get_backbone, load_backbone
+from rankgym.backbones import get_backbone, load_backbone, module_infos
 from rankgym.errors import ConfigError
 from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
 from rankgym.lora.inject import apply_rank_map
@@ -86,24 +86,15 @@ class FinetuneEvaluator(Evaluator):
         self.device = resolve_device(device)
         self.alpha_policy = dict(alpha=alpha, alpha_mode=alpha_mode, rslora=rslora)
         self.data = load_task(task, data_dir, text_column, label_column)
-        self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
+        with torch.random.fork_rng(devices=[]):
+            self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
         self.model.to(self.device)
         subset = training_subset(len(self.data.train), recipe, seed)
         self.train_set = encode(self.data.train.subset(subset), self.tokenizer, recipe.max_length)
         self.val_set = encode(self.data.validation, self.tokenizer, recipe.max_length)
         self.revision = _revision(self.model, backbone)
-        self._modules = self._describe_modules()
+        self._modules = module_infos(self.model, self.spec)
         self.last_result: FinetuneResult | None = None  # the last evaluation's losses and step count
-
-    def _describe_modules(self) -> list[ModuleInfo]:
-        infos = []
-        for name in self.spec.target_modules(self.model):
-            base = self.model.get_submodule(name)
-            weight = base.weight.detach().float().cpu()
-            spectrum = torch.linalg.svdvals(weight).tolist()
-            in_f, out_f = (weight.shape[1], weight.shape[0]) if isinstance(base, torch.nn.Linear) else tuple(weight.shape)
-            infos.append(ModuleInfo(name, self.spec.module_kind(name), self.spec.layer_index(name), in_f, out_f, tuple(spectrum)))
-        return infos
 
     @property
     def modules(self) -> list[ModuleInfo]:
@@ -127,7 +118,16 @@ class FinetuneEvaluator(Evaluator):
         full.update(rank_map.ranks)
         apply_rank_map(self.model, rank_map.replace(full), max_rank=self.max_rank, shrink=shrink)
 
+    def private_rng(self):
+        """Seeded work inside leaves the caller's RNG alone: an agent sampling from torch's global
+        generator must see the same numbers whether an evaluation trains or comes from the store."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     def evaluate(self, rank_map: RankMap) -> Evaluation:
+        with self.private_rng():
+            return self._evaluate(rank_map)
+
+    def _evaluate(self, rank_map: RankMap) -> Evaluation:
         start = time.perf_counter()
         self.prepare(rank_map)
         init_adapters(self.model, self.seed)

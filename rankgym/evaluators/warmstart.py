@@ -45,7 +45,7 @@ class WarmStartEvaluator(FinetuneEvaluator):
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "warm_examples": self.warm_examples}
 
-    def evaluate(self, rank_map: RankMap) -> Evaluation:
+    def _evaluate(self, rank_map: RankMap) -> Evaluation:
         start = time.perf_counter()
         step = len(self._history)
         if step == 0:

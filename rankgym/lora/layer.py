@@ -88,6 +88,16 @@ class LoRALayer(nn.Module):
         if not isinstance(r, int) or r < 0 or r > limit:
             raise ValueError(f"rank {r!r} is out of range: a {self.in_features}x{self.out_features} layer takes 0..{limit}")
 
+    def _reserve(self, rank: int) -> None:
+        """Reallocate the factors when ``rank`` exceeds ``max_rank`` (the one case that allocates)."""
+        if rank <= self.max_rank:
+            return
+        extra = rank - self.max_rank
+        with torch.no_grad():
+            self.lora_A = nn.Parameter(torch.cat([self.lora_A, self.lora_A.new_zeros(extra, self.in_features)]))
+            self.lora_B = nn.Parameter(torch.cat([self.lora_B, self.lora_B.new_zeros(self.out_features, extra)], dim=1))
+        self.max_rank = rank
+
     @property
     def scale(self) -> float:
         return lora_scale(self.rank, self.alpha, self.alpha_mode, self.rslora)
@@ -105,8 +115,7 @@ class LoRALayer(nn.Module):
         """Re-initialise the adapter in place at ``rank`` (B = 0, so the layer equals its base)."""
         self._check_rank(rank)
         self._ensure_unmerged()
-        if rank > self.max_rank:
-            raise ValueError(f"rank {rank} exceeds this layer's max_rank {self.max_rank}; wrap it with a larger max_rank")
+        self._reserve(rank)
         with torch.no_grad():
             self.lora_A.zero_()
             self.lora_B.zero_()
@@ -114,7 +123,7 @@ class LoRALayer(nn.Module):
         self.rank = rank
 
     def set_rank(self, rank: int, shrink: ShrinkMode = "prefix", generator: torch.Generator | None = None) -> None:
-        """Change the active rank in place.
+        """Change the active rank in place (above ``max_rank`` the factors are reallocated first).
 
         Growing adds components with zero B columns and rescales the kept ones so that
         scale · B·A, and hence the output, is unchanged. Shrinking keeps the first ``rank``
@@ -122,9 +131,8 @@ class LoRALayer(nn.Module):
         of the current update scale · B·A (``"svd"``, Eckart–Young).
         """
         self._check_rank(rank)
-        if rank > self.max_rank:
-            raise ValueError(f"rank {rank} exceeds this layer's max_rank {self.max_rank}; wrap it with a larger max_rank")
         self._ensure_unmerged()
+        self._reserve(rank)
         old, old_scale = self.rank, self.scale
         if rank == old:
             return

@@ -1,0 +1,156 @@
+"""PPO (Stable-Baselines3) on any registered RankSearch id, in one file.
+
+    python agents/ppo.py --env-id RankSearch-fake-v0 --budget 2048 --seed 1
+    rankgym search RankSearch-tiny-sst2-v0 --agent ppo --budget 64
+
+Hyperparameters come from configs/ppo.yaml, keyed by env id (rl-zoo style; ``default`` first,
+then the id's own entry), and ``--set key=value`` on the command line overrides them. The defaults
+suit a few hundred expensive steps: SB3's n_steps=2048 would never update within such a budget.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ppo.yaml"
+BUILTIN = {  # used where configs/ppo.yaml is not beside the code (an installed wheel)
+    "n_steps": 32, "batch_size": 32, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 0.9, "gae_lambda": 0.9,
+    "ent_coef": 0.0, "clip_range": 0.2, "net_arch": [64, 64], "checkpoint_every": 256,
+}
+
+
+@dataclass
+class Args:
+    env_id: str = "RankSearch-fake-v0"
+    """registered environment id"""
+    budget: int = 256
+    """environment steps (evaluations) to spend"""
+    seed: int = 0
+    """seeds PPO and the environment"""
+    n_envs: int = 1
+    """parallel environments; above 1 each runs in a spawned process with its own device"""
+    devices: list[str] = field(default_factory=list)
+    """one device per worker (cycled), e.g. cuda:0 cuda:1; empty: the env's default"""
+    out: str | None = None
+    """run folder (default runs/<env>__ppo__<seed>__<time>)"""
+    resume: bool = False
+    """continue the run in --out"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """gym.make overrides (device, lam, data_dir, model_name_or_path, ...)"""
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    """overrides of configs/ppo.yaml"""
+
+
+def hyperparameters(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    table = yaml.safe_load(CONFIGS.read_text()) if CONFIGS.is_file() else {}
+    return {**BUILTIN, **(table.get("default") or {}), **(table.get(env_id) or {}), **overrides}
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any], log_path: str, worker: int, on_record=None):
+    """A thunk for SB3's vector envs (picklable for spawned workers)."""
+
+    def thunk():
+        import gymnasium as gym
+        from stable_baselines3.common.monitor import Monitor
+
+        import rankgym  # noqa: F401  (registers the ids in a spawned process)
+        from rankgym.run import RecordEvaluations
+
+        env = gym.make(env_id, **env_kwargs)
+        return Monitor(RecordEvaluations(env, log_path, worker, on_record))
+
+    return thunk
+
+
+def run(args: Args) -> dict[str, Any]:
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from rankgym.run import Progress, RunDir
+
+    hp = hyperparameters(args.env_id, args.hyperparams)
+    out = args.out or f"runs/{args.env_id}__ppo__{args.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = RunDir(out, {"env_id": args.env_id, "agent": "ppo", "seed": args.seed, "budget": args.budget,
+                           "n_envs": args.n_envs, "env_kwargs": args.env_kwargs, "hyperparams": hp}, resume=args.resume)
+    started = time.time()
+    store = str(run_dir.store_path)
+    progress = Progress(args.budget, f"ppo {args.env_id}")
+
+    def worker_kwargs(i: int) -> dict[str, Any]:
+        kwargs = {**args.env_kwargs, "store": store, "seed": args.env_kwargs.get("seed", args.seed)}
+        if args.devices:
+            kwargs["device"] = args.devices[i % len(args.devices)]
+        return kwargs
+
+    if args.n_envs == 1:
+        venv = DummyVecEnv([make_env(args.env_id, worker_kwargs(0), store, 0, progress)])
+    else:  # workers log to the shared SQLite file; the bar follows the steps the learner sees
+        venv = SubprocVecEnv([make_env(args.env_id, worker_kwargs(i), store, i) for i in range(args.n_envs)],
+                             start_method="spawn")
+
+    class Budget(BaseCallback):
+        """Stop after ``budget`` environment steps (evaluations), counted over all workers."""
+
+        def _on_step(self) -> bool:
+            if args.n_envs > 1:
+                for info in self.locals["infos"]:
+                    progress("step", info, info.get("score", 0.0))
+            return self.num_timesteps < args.budget
+
+    torch.manual_seed(args.seed)
+    n_steps = max(1, hp["n_steps"] // args.n_envs)
+    model = PPO(
+        "MlpPolicy", venv, seed=args.seed, device="cpu", verbose=0,
+        n_steps=n_steps, batch_size=min(hp["batch_size"], n_steps * args.n_envs), n_epochs=hp["n_epochs"],
+        learning_rate=hp["learning_rate"], gamma=hp["gamma"], gae_lambda=hp["gae_lambda"], ent_coef=hp["ent_coef"],
+        clip_range=hp["clip_range"], policy_kwargs={"net_arch": hp["net_arch"]},
+    )
+    checkpoints = CheckpointCallback(max(1, hp["checkpoint_every"] // args.n_envs), str(run_dir.path / "checkpoints"), name_prefix="ppo")
+    model.learn(total_timesteps=args.budget, callback=CallbackList([Budget(), checkpoints]))
+    model.save(str(run_dir.path / "checkpoints" / "ppo_final"))
+    progress.close()
+    template, lam, modules = (venv.get_attr(name, [0])[0] for name in ("template", "lam", "modules"))
+    venv.close()
+    return run_dir.finish(template, lam, started, "ppo", fan_in_fan_out=any(m.kind == "qkv" for m in modules))
+
+
+def parse(argv: list[str] | None = None) -> Args:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", default=Args.env_id)
+    parser.add_argument("--budget", type=int, default=Args.budget)
+    parser.add_argument("--seed", type=int, default=Args.seed)
+    parser.add_argument("--n-envs", type=int, default=Args.n_envs)
+    parser.add_argument("--devices", nargs="*", default=[])
+    parser.add_argument("--out")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="gym.make override")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
+    ns = parser.parse_args(argv)
+    return Args(ns.env_id, ns.budget, ns.seed, ns.n_envs, ns.devices, ns.out, ns.resume,
+                key_values(ns.env), key_values(ns.set))
+
+
+def key_values(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings to a dict; values are Python literals when they parse as one."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+if __name__ == "__main__":
+    print(run(parse()))

@@ -1,0 +1,223 @@
+"""A search's run folder: resolved config, evaluation store, step log, best map, exports, summary.
+
+Resuming re-executes the agent from the start with the same seed. Every evaluation the killed run
+finished is answered by the store (no training), and rows already in the step log are not written
+again, so the resumed run reaches exactly the state an uninterrupted run would have, with a step
+log that has no gaps and no repeats.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from tqdm.auto import tqdm
+
+from rankgym.errors import ConfigError
+from rankgym.rankmap import RankMap
+
+STEPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    step INTEGER PRIMARY KEY AUTOINCREMENT,
+    worker INTEGER NOT NULL,
+    idx INTEGER NOT NULL,          -- the worker's own count, which resuming replays
+    kind TEXT NOT NULL,            -- reset, step or map
+    label TEXT,                    -- a baseline's name
+    metric REAL, params INTEGER, cost REAL, reward REAL, score REAL, seconds REAL,
+    cache_hit INTEGER, error TEXT, rank_map TEXT, created REAL,
+    UNIQUE (worker, idx)
+);
+"""
+CSV_COLUMNS = ("step", "kind", "label", "metric", "params", "cost", "reward", "score", "seconds", "cache_hit", "error", "worker", "rank_map")
+
+
+class StepLog:
+    """The rows of ``steps.csv``, kept in the run's SQLite file so several workers can append."""
+
+    def __init__(self, path: str | Path, worker: int = 0) -> None:
+        self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(STEPS_SCHEMA)
+        self.worker = worker
+        self.idx = 0
+        self.logged = self.db.execute("SELECT COUNT(*) FROM steps WHERE worker = ?", (worker,)).fetchone()[0]
+
+    def record(self, kind: str, info: dict[str, Any], reward: float, label: str | None = None) -> bool:
+        """Append one evaluation; returns False when resuming replays a row that is already logged."""
+        self.idx += 1
+        if self.idx <= self.logged:
+            return False
+        self.db.execute(
+            "INSERT OR IGNORE INTO steps (worker, idx, kind, label, metric, params, cost, reward, score, seconds, cache_hit,"
+            " error, rank_map, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.worker, self.idx, kind, label, _finite(info["metric"]), info["params"], info["cost"], reward,
+             _finite(info["score"]), info["seconds"], int(bool(info["cache_hit"])), info["error"],
+             json.dumps(info["rank_map"], separators=(",", ":")), time.time()),
+        )
+        return True
+
+    def rows(self) -> list[dict[str, Any]]:
+        cursor = self.db.execute(f"SELECT {', '.join(CSV_COLUMNS)} FROM steps ORDER BY step")
+        return [dict(zip(CSV_COLUMNS, row)) for row in cursor]
+
+    def count(self, kinds: tuple[str, ...] = ("step", "map")) -> int:
+        marks = ",".join("?" * len(kinds))
+        return self.db.execute(f"SELECT COUNT(*) FROM steps WHERE kind IN ({marks})", kinds).fetchone()[0]
+
+
+def _finite(x: float) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+class RecordEvaluations(gym.Wrapper):
+    """Write every evaluation the environment makes (reset and step) to the run's step log."""
+
+    def __init__(self, env: gym.Env, log_path: str | Path, worker: int = 0, on_record=None) -> None:
+        super().__init__(env)
+        self.log = StepLog(log_path, worker)
+        self.on_record = on_record
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._record("reset", info, info["score"] if info["error"] is None else float("nan"))
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._record("step", info, reward)
+        return obs, reward, terminated, truncated, info
+
+    def _record(self, kind: str, info: dict[str, Any], reward: float) -> None:
+        self.log.record(kind, info, reward)
+        if self.on_record:
+            self.on_record(kind, info, reward)
+
+
+class Progress:
+    """A bar over the budget: evaluations done, best reward so far, ETA."""
+
+    def __init__(self, budget: int, desc: str) -> None:
+        self.bar = tqdm(total=budget, desc=desc, unit="eval", dynamic_ncols=True)
+        self.best = -math.inf
+
+    def __call__(self, kind: str, info: dict[str, Any], reward: float) -> None:
+        if kind == "reset":
+            return
+        if info["error"] is None and info["score"] > self.best:
+            self.best = info["score"]
+            self.bar.set_postfix(best_reward=f"{self.best:.4f}", metric=f"{info['metric']:.4f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class RunDir:
+    """One search's folder.
+
+    Args:
+        path: the folder (created).
+        config: the resolved configuration (written to ``config.json``).
+        resume: continue the run already in ``path``; its config must describe the same search.
+    """
+
+    def __init__(self, path: str | Path, config: dict[str, Any], resume: bool = False) -> None:
+        self.path = Path(path)
+        config_file = self.path / "config.json"
+        if resume:
+            if not config_file.is_file():
+                raise ConfigError(f"{self.path} holds no config.json: is it a run folder written by `rankgym search`?")
+            saved = json.loads(config_file.read_text())
+            if any(saved.get(k) != v for k, v in config.items() if k not in ("resume", "out")):
+                changed = sorted(k for k, v in config.items() if k not in ("resume", "out") and saved.get(k) != v)
+                raise ConfigError(f"cannot resume {self.path}: {', '.join(changed)} differ from the run's config.json; resume without changing them")
+        elif config_file.exists():
+            raise ConfigError(f"{self.path} already holds a run; pass --resume {self.path} to continue it, or another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            config_file.write_text(json.dumps(config, indent=2, default=str) + "\n")
+        self.config = config
+
+    @property
+    def store_path(self) -> Path:
+        return self.path / "store.sqlite"
+
+    def log(self, worker: int = 0) -> StepLog:
+        return StepLog(self.store_path, worker)
+
+    def finish(self, template: RankMap, lam: float, started: float, agent: str, fan_in_fan_out: bool = False) -> dict[str, Any]:
+        """Write steps.csv, the best map (rankgym JSON and PEFT config) and summary.json.
+
+        ``template`` carries the environment's modules and alpha policy; ``fan_in_fan_out`` is
+        True for GPT-2's Conv1D modules (PEFT needs it).
+        """
+        rows = self.log().rows()
+        with (self.path / "steps.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        scored = [r for r in rows if r["error"] is None and r["score"] is not None]
+        if not scored:
+            raise ConfigError(f"no evaluation in {self.path} succeeded; see steps.csv for the errors")
+        best = max(scored, key=lambda r: r["score"])
+        best_map = template.replace(json.loads(best["rank_map"]))
+        best_map.provenance.update(metric=best["metric"], params=best["params"], score=best["score"], agent=agent,
+                                   lam=lam, run=str(self.path))
+        best_map.save(self.path / "best_rank_map.json")
+        if any(best_map.ranks.values()):
+            best_map.to_peft_config(fan_in_fan_out=fan_in_fan_out).save_pretrained(str(self.path))
+        steps = [r for r in rows if r["kind"] != "reset"]
+        summary = {
+            "env_id": self.config.get("env_id"),
+            "agent": agent,
+            "seed": self.config.get("seed"),
+            "best_reward": best["score"],
+            "best_metric": best["metric"],
+            "best_params": best["params"],
+            "best_cost": best["cost"],
+            "evaluations": len(steps),
+            "trained": sum(1 for r in rows if not r["cache_hit"]),
+            "cache_hits": sum(1 for r in rows if r["cache_hit"]),
+            "failures": sum(1 for r in rows if r["error"]),
+            "seconds": round(time.time() - started, 2),
+            "evaluation_seconds": round(sum(r["seconds"] or 0 for r in rows if not r["cache_hit"]), 2),
+        }
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def load_best(run: str | Path) -> RankMap:
+    return RankMap.load(Path(run) / "best_rank_map.json")
+
+
+def open_search(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool,
+                env_kwargs: dict[str, Any], extra: dict[str, Any] | None = None):
+    """Run folder, environment (writing to the run's store), step log and progress bar of a map-proposing agent."""
+    import rankgym  # noqa: F401  (registers the ids)
+
+    out = out or f"runs/{env_id}__{agent}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    config = {"env_id": env_id, "agent": agent, "seed": seed, "budget": budget, "env_kwargs": env_kwargs, **(extra or {})}
+    run_dir = RunDir(out, config, resume=resume)
+    env = gym.make(env_id, **{**env_kwargs, "store": str(run_dir.store_path), "seed": env_kwargs.get("seed", seed)}).unwrapped
+    return run_dir, env, run_dir.log(), Progress(budget, f"{agent} {env_id}")
+
+
+def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | None = None) -> dict[str, Any]:
+    """Evaluate one proposed map (ranks in module order) through the env's store; log it."""
+    info = env.evaluate_map(dict(zip(env.names, (int(r) for r in ranks))))
+    log.record("map", info, info["reward"], label)
+    progress("map", info, info["reward"])
+    return info
+
+
+def finish_search(run_dir: RunDir, env, started: float, agent: str, progress: Progress) -> dict[str, Any]:
+    progress.close()
+    summary = run_dir.finish(env.template, env.lam, started, agent, fan_in_fan_out=any(m.kind == "qkv" for m in env.modules))
+    env.close()
+    return summary

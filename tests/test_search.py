@@ -1,0 +1,156 @@
+"""`rankgym search`, resume, export, retraining and the report, as a user runs them."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from peft import LoraConfig
+
+from rankgym.cli import main
+from rankgym.evaluators.base import ModuleInfo
+from rankgym.rankmap import RankMap
+from rankgym.report import pareto_front
+from rankgym.strategies import preset_ranks, spectral_ranks
+
+ARTEFACTS = ("config.json", "steps.csv", "store.sqlite", "best_rank_map.json", "adapter_config.json", "summary.json")
+
+
+def search(*args):
+    result = CliRunner().invoke(main, ["search", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def steps(run):
+    with (Path(run) / "steps.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_random_search_writes_every_artefact_and_a_loadable_peft_config(tmp_path):
+    run = tmp_path / "random"
+    result = search("RankSearch-fake-v0", "--agent", "random", "--budget", "40", "--seed", "3", "--out", str(run))
+    for name in ARTEFACTS + ("report/report.md", "report/report.html", "report/best_reward.png", "report/metric_vs_params.png"):
+        assert (run / name).is_file(), name
+    rows = steps(run)
+    assert len(rows) == 40 and [int(r["step"]) for r in rows] == list(range(1, 41))
+    assert set(rows[0]) >= {"step", "metric", "params", "reward", "seconds", "cache_hit", "rank_map"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["evaluations"] == 40
+    assert summary["best_reward"] == max(float(r["score"]) for r in rows)
+    assert "best reward" in result.output and "report" in result.output
+
+    best = RankMap.load(run / "best_rank_map.json")
+    assert best.provenance["score"] == summary["best_reward"]
+    out = tmp_path / "peft"
+    exported = CliRunner().invoke(main, ["export", str(run), "--peft", str(out)])
+    assert exported.exit_code == 0, exported.output
+    config = LoraConfig.from_pretrained(str(out))
+    assert RankMap.from_peft_config(config).ranks == {n: r for n, r in best.ranks.items() if r > 0}
+
+
+def test_resume_refuses_a_changed_search_and_an_existing_folder(tmp_path):
+    run = tmp_path / "r"
+    search("RankSearch-fake-v0", "--agent", "random", "--budget", "5", "--out", str(run), "--no-report")
+    again = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "random", "--budget", "5", "--out", str(run)])
+    assert again.exit_code != 0 and "--resume" in again.output
+    bad = CliRunner().invoke(main, ["search", "--resume", str(tmp_path)])
+    assert bad.exit_code != 0 and "no config.json" in bad.output
+
+
+def test_baselines_are_labelled_rows(tmp_path):
+    run = tmp_path / "presets"
+    search("RankSearch-fake-v0", "--agent", "presets", "--out", str(run), "--no-report")
+    assert [r["label"] for r in steps(run)] == ["preset-low", "preset-medium", "preset-high"]
+    assert json.loads(steps(run)[2]["rank_map"])["encoder.layer.0.mlp_out"] == 64  # above the env's max_rank
+
+
+def test_presets_map_gpt2_fused_attention_to_the_same_parameter_budget():
+    qkv = ModuleInfo("h.0.attn.c_attn", "qkv", 0, 768, 2304)
+    mlp = ModuleInfo("h.0.mlp.c_fc", "mlp_in", 0, 768, 3072)
+    assert preset_ranks([qkv, mlp], "medium") == [12, 16]
+    assert 12 * (768 + 2304) == 3 * 8 * (768 + 768)  # one fused adapter = three separate ones
+
+
+def test_spectral_rule_respects_the_budget_and_keeps_proportions():
+    mods = [ModuleInfo(f"m{i}", "query", i, 64, 64, tuple(np.linspace(1, 0.01, 64) ** p)) for i, p in enumerate((1, 4, 12))]
+    raw = [m.energy_rank(0.9) for m in mods]
+    assert raw[0] > raw[1] > raw[2]
+    ranks = spectral_ranks(mods, 0.9, budget_params=8 * 3 * 128)
+    assert sum(r * 128 for r in ranks) <= 8 * 3 * 128 and ranks[0] >= ranks[1] >= ranks[2]
+    s = np.linalg.svd(np.random.default_rng(0).standard_normal((20, 20)), compute_uv=False)
+    assert ModuleInfo("x", "query", 0, 20, 20, tuple(s)).energy_rank(0.9) == int(np.argmax(np.cumsum(s) / s.sum() >= 0.9)) + 1
+
+
+def test_pareto_front_against_brute_force():
+    rng = np.random.default_rng(0)
+    params, metric = rng.integers(0, 100, 60), rng.random(60)
+    front = set(pareto_front(params, metric).tolist())
+    dominated = {i for i in range(60) for j in range(60)
+                 if params[j] <= params[i] and metric[j] >= metric[i] and (params[j], metric[j]) != (params[i], metric[i])}
+    assert front == set(range(60)) - dominated
+
+
+TINY_FAST = ["--env", "train_examples=32", "--env", "val_examples=32", "--env", "device='cpu'"]
+
+
+def test_sigkill_midway_then_resume_gives_the_uninterrupted_run(tmp_path, sst2_dir):
+    args = ["RankSearch-tiny-sst2-v0", "--agent", "ppo", "--budget", "24", "--seed", "1", "--no-report", *TINY_FAST]
+    env = dict(os.environ, RANKGYM_DATA_DIR=str(sst2_dir))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rankgym.cli", "search"]
+    subprocess.run(cmd + args + ["--out", str(whole)], env=env, check=True, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(cmd + args + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    import sqlite3
+
+    while time.time() < deadline:  # kill once about half the evaluations are logged
+        time.sleep(0.5)
+        if (killed / "store.sqlite").exists():
+            try:
+                done = sqlite3.connect(killed / "store.sqlite").execute("SELECT COUNT(*) FROM steps WHERE kind='step'").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if done >= 10:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+
+    subprocess.run(cmd + ["--resume", str(killed), "--no-report"], env=env, check=True, capture_output=True, timeout=600)
+    resumed, reference = steps(killed), steps(whole)
+    assert [int(r["step"]) for r in resumed] == list(range(1, len(resumed) + 1))  # no gaps
+    keys = [(r["worker"], r["kind"], r["rank_map"]) for r in resumed]
+    assert keys == [(r["worker"], r["kind"], r["rank_map"]) for r in reference]  # same evaluations, none repeated
+    assert [r["metric"] for r in resumed] == [r["metric"] for r in reference]
+    assert json.loads((killed / "best_rank_map.json").read_text())["ranks"] == json.loads((whole / "best_rank_map.json").read_text())["ranks"]
+
+
+def test_retraining_the_best_map_reproduces_its_metric(tmp_path, sst2_dir):
+    run = tmp_path / "run"
+    search("RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "3", "--seed", "2", "--out", str(run), "--no-report",
+           *TINY_FAST, "--env", f"data_dir='{sst2_dir}'")
+    best = RankMap.load(run / "best_rank_map.json")
+    result = CliRunner().invoke(main, ["finetune", "--backbone", "tiny", "--rank-map", str(run / "best_rank_map.json"),
+                                       "--train-examples", "32", "--val-examples", "32", "--seed", "2", "--device", "cpu",
+                                       "--data-dir", str(sst2_dir), "--out", str(tmp_path / "again"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["metric"] == best.provenance["metric"]
+
+
+@pytest.mark.slow
+def test_ppo_search_on_tiny_with_budget_64_writes_every_artefact(tmp_path, sst2_dir):
+    run = tmp_path / "ppo"
+    search("RankSearch-tiny-sst2-v0", "--agent", "ppo", "--budget", "64", "--out", str(run), "--env", f"data_dir='{sst2_dir}'")
+    for name in ARTEFACTS + ("report/report.md",):
+        assert (run / name).is_file(), name
+    assert any((run / "checkpoints").glob("*.zip"))
+    assert json.loads((run / "summary.json").read_text())["evaluations"] == 64
