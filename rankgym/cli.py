@@ -172,9 +172,13 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
             from rankgym.report import write_report
 
             write_report([run_dir], run_dir / "report")
-    click.echo(f"best reward {summary['best_reward']:.4f} | {summary.get('best_metric') or float('nan'):.4f} metric | "
-               f"{summary['best_params']:,} adapter parameters | {summary['evaluations']} evaluations "
-               f"({summary['trained']} trained) in {summary['seconds']:.0f} s")
+    click.echo(f"best map:    reward {summary['best_reward']:.4f} | metric {summary['best_metric']:.4f} | "
+               f"{summary['best_params']:,} adapter parameters")
+    if summary.get("initial_metric") is not None:
+        click.echo(f"initial map: reward {summary['initial_reward']:.4f} | metric {summary['initial_metric']:.4f} | "
+                   f"{summary['initial_params']:,} adapter parameters (where every episode starts)")
+    click.echo(f"{summary['evaluations']} evaluations ({summary['trained']} computed, {summary['cache_hits']} from the store) "
+               f"in {summary['seconds']:.0f} s")
     click.echo(f"run folder: {run_dir}" + (f"  report: {run_dir / 'report' / 'report.md'}" if report else ""))
 
 
@@ -222,6 +226,37 @@ def analyze(backbone, model_name_or_path, out) -> None:
     for name, row in list(table.items())[:6]:
         click.echo(f"{name:50s} {row['kind']:9s} r80={row['r80']:4d} r90={row['r90']:4d} r95={row['r95']:4d}")
     click.echo(f"... {len(table)} modules; wrote {out_dir / 'spectral_ranks.json'} and {out_dir / 'spectra.png'}")
+
+
+@main.command()
+@click.option("--backbone", default="minilm", show_default=True, help="minilm, tiny, gpt2, distilgpt2.")
+@click.option("--random-init", is_flag=True, help="GPT-2 small's architecture with random weights (no download).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--train-examples", type=int, default=512, show_default=True)
+@click.option("--val-examples", type=int, default=None, help="Validate on the first N (default: all 872).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--rank", type=int, default=8, show_default=True, help="Uniform rank on every default module.")
+@click.option("--k", "ks", type=int, multiple=True, help="Batched configurations (repeatable; default 1 4, and 16 on a GPU).")
+@click.option("--data-dir", envvar="RANKGYM_DATA_DIR")
+@click.option("--model-name-or-path")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON here.")
+def bench(backbone, random_init, device, train_examples, val_examples, batch_size, rank, ks, data_dir, model_name_or_path,
+          json_path) -> None:
+    """Seconds per evaluation: PEFT as a user writes it, rankgym's evaluator, and the batched evaluator."""
+    import torch
+
+    from rankgym.bench import run_bench
+
+    if not ks:
+        ks = (1, 4, 16) if torch.cuda.is_available() and device != "cpu" else (1, 4)
+    with user_errors():
+        report = run_bench(backbone, device, train_examples, batch_size, rank, tuple(ks), val_examples, data_dir,
+                           model_name_or_path, random_init, progress=click.echo)
+    click.echo(f"device: {report['device']}; {report['backbone']}, {report['rank_map']}, {report['train_examples']} training "
+               f"+ {report['val_examples']} validation examples, batch {report['batch_size']}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
 
 
 @main.command()

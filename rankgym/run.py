@@ -173,6 +173,7 @@ class RunDir:
         if any(best_map.ranks.values()):
             best_map.to_peft_config(fan_in_fan_out=fan_in_fan_out).save_pretrained(str(self.path))
         steps = [r for r in rows if r["kind"] != "reset"]
+        start = next((r for r in rows if r["kind"] == "reset" and r["error"] is None), None)
         summary = {
             "env_id": self.config.get("env_id"),
             "agent": agent,
@@ -187,6 +188,10 @@ class RunDir:
             "failures": sum(1 for r in rows if r["error"]),
             "seconds": round(time.time() - started, 2),
             "evaluation_seconds": round(sum(r["seconds"] or 0 for r in rows if not r["cache_hit"]), 2),
+            # the map every episode starts from (uniform by default), for comparison
+            "initial_reward": start and start["score"],
+            "initial_metric": start and start["metric"],
+            "initial_params": start and start["params"],
         }
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -61,6 +61,8 @@ class FinetuneResult:
     train_loss: float
     seconds: float
     steps: int
+    losses: list[float] = field(default_factory=list, repr=False)  # training loss at every step
+    error: str | None = None
 
 
 def pad_batch(ids: list[torch.Tensor], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,24 +95,38 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, copies: int) -> torch.Tensor:
+    """Logits of shape (copies, batch, labels): the batch repeated once per configuration."""
+    if copies > 1:
+        input_ids, mask = input_ids.repeat(copies, 1), mask.repeat(copies, 1)
+    return model(input_ids=input_ids, attention_mask=mask).logits.float().reshape(copies, -1, model.config.num_labels)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 128, limit: int | None = None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over ``data`` in length-sorted batches."""
+def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 128, limit: int | None = None,
+                    copies: int = 1) -> list[tuple[float, float]]:
+    """(accuracy, mean cross-entropy) of each of ``copies`` configurations, in length-sorted batches."""
     device = _device_of(model)
     was_training = model.training
     model.eval()
     n = len(data) if limit is None else min(limit, len(data))
     order = sorted(range(n), key=lambda i: len(data.ids[i]))
-    correct, loss_sum = 0, 0.0
+    correct, loss_sum = torch.zeros(copies), torch.zeros(copies, dtype=torch.float64)
     for k in range(0, n, batch_size):
         idx = order[k : k + batch_size]
         input_ids, mask = pad_batch([data.ids[i] for i in idx], pad_id, device)
         labels = data.labels[idx].to(device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(-1) == labels).sum().item()
+        logits = _forward(model, input_ids, mask, copies)
+        for c in range(copies):
+            loss_sum[c] += nn.functional.cross_entropy(logits[c], labels, reduction="sum").item()
+            correct[c] += (logits[c].argmax(-1) == labels).sum().item()
     model.train(was_training)
-    return correct / n, loss_sum / n
+    return [(correct[c].item() / n, loss_sum[c].item() / n) for c in range(copies)]
+
+
+def evaluate(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 128, limit: int | None = None) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over ``data`` in length-sorted batches."""
+    return evaluate_copies(model, data, pad_id, batch_size, limit)[0]
 
 
 def init_adapters(model: nn.Module, seed: int) -> None:
@@ -137,6 +153,30 @@ def finetune(
     trained as they are (call :func:`init_adapters` first for a fresh start).
     Raises :class:`TrainingDiverged` on a NaN or infinite loss.
     """
+    result = finetune_copies(model, train, validation, pad_id, recipe, seed, progress, description, copies=1)[0]
+    if result.error:
+        raise TrainingDiverged(result.error)
+    return result
+
+
+def finetune_copies(
+    model: nn.Module,
+    train: Encoded,
+    validation: Encoded,
+    pad_id: int,
+    recipe: Recipe = Recipe(),
+    seed: int = 0,
+    progress: bool = False,
+    description: str = "finetune",
+    copies: int = 1,
+) -> list[FinetuneResult]:
+    """:func:`finetune` for a model holding ``copies`` configurations (batched LoRA layers and heads).
+
+    Every batch is repeated once per configuration; each configuration's loss is the mean over its
+    own slice, and the sum of those losses is back-propagated, so each configuration's gradients,
+    and (AdamW being elementwise) its updates, are those it would get alone. A configuration whose
+    loss becomes NaN or infinite stops counting and is reported with its error.
+    """
     start = time.perf_counter()
     device = _device_of(model)
     torch.manual_seed(seed)  # dropout masks
@@ -148,21 +188,35 @@ def finetune(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (len(batches) - s) / max(1, len(batches) - warmup)))
     )
     model.train()
-    loss_sum = 0.0
+    losses: list[list[float]] = [[] for _ in range(copies)]
+    errors: list[str | None] = [None] * copies
     bar = tqdm(batches, desc=description, unit="batch", disable=not progress, leave=False)
     for step, idx in enumerate(bar):
         input_ids, mask = pad_batch([train.ids[i] for i in idx], pad_id, device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-        loss = nn.functional.cross_entropy(logits, train.labels[idx].to(device))
-        if not math.isfinite(loss.item()):
-            raise TrainingDiverged(f"training loss became {loss.item()} at step {step}; lower the learning rate")
+        logits = _forward(model, input_ids, mask, copies)
+        labels = train.labels[idx].to(device)
+        per_copy = [nn.functional.cross_entropy(logits[c], labels) for c in range(copies)]
+        values = torch.stack(per_copy).tolist()
+        for c, value in enumerate(values):
+            if errors[c] is None and not math.isfinite(value):
+                errors[c] = f"training loss became {value} at step {step}; lower the learning rate"
+            losses[c].append(value)
+        if all(errors):
+            break
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        sum(loss for loss, error in zip(per_copy, errors) if error is None).backward()
         optimizer.step()
         schedule.step()
-        loss_sum += loss.item()
         if progress and step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{values[0]:.3f}")
     bar.close()
-    metric, val_loss = evaluate(model, validation, pad_id, recipe.eval_batch_size, recipe.val_examples)
-    return FinetuneResult(metric, val_loss, loss_sum / max(1, len(batches)), time.perf_counter() - start, len(batches))
+    if all(errors):  # nothing left to validate
+        scores = [(math.nan, math.nan)] * copies
+    else:
+        scores = evaluate_copies(model, validation, pad_id, recipe.eval_batch_size, recipe.val_examples, copies)
+    seconds = time.perf_counter() - start
+    return [
+        FinetuneResult(math.nan if errors[c] else scores[c][0], scores[c][1], sum(losses[c]) / max(1, len(losses[c])),
+                       seconds, len(losses[c]), losses[c], errors[c])
+        for c in range(copies)
+    ]

