@@ -34,7 +34,8 @@ class Args:
     seed: int = 0
     """seeds PPO and the environment"""
     n_envs: int = 1
-    """parallel environments; above 1 each runs in a spawned process with its own device"""
+    """parallel environments: on one device their maps train together in one batched fine-tune;
+    with several --devices each runs in a spawned process on its own device"""
     devices: list[str] = field(default_factory=list)
     """one device per worker (cycled), e.g. cuda:0 cuda:1; empty: the env's default"""
     out: str | None = None
@@ -72,9 +73,11 @@ def run(args: Args) -> dict[str, Any]:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
 
-    from rankgym.run import Progress, RunDir
+    from rankgym.envs.vector import RankSearchVecEnv
+    from rankgym.registry import make_batched_episodes
+    from rankgym.run import Progress, RunDir, StepLog
 
     hp = hyperparameters(args.env_id, args.hyperparams)
     out = args.out or f"runs/{args.env_id}__ppo__{args.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
@@ -90,17 +93,27 @@ def run(args: Args) -> dict[str, Any]:
             kwargs["device"] = args.devices[i % len(args.devices)]
         return kwargs
 
+    spawned = args.n_envs > 1 and len(args.devices) > 1
     if args.n_envs == 1:
         venv = DummyVecEnv([make_env(args.env_id, worker_kwargs(0), store, 0, progress)])
-    else:  # workers log to the shared SQLite file; the bar follows the steps the learner sees
+    elif spawned:  # workers log to the shared SQLite file; the bar follows the steps the learner sees
         venv = SubprocVecEnv([make_env(args.env_id, worker_kwargs(i), store, i) for i in range(args.n_envs)],
                              start_method="spawn")
+    else:  # one device: the K maps of a step train together (batched evaluator)
+        logs = [StepLog(store, i) for i in range(args.n_envs)]
+
+        def on_evaluation(i: int, kind: str, info: dict, reward: float) -> None:
+            logs[i].record(kind, info, reward)
+            progress(kind, info, reward)
+
+        core = make_batched_episodes(args.n_envs, args.env_id, on_evaluation, **worker_kwargs(0))
+        venv = VecMonitor(RankSearchVecEnv(core))
 
     class Budget(BaseCallback):
         """Stop after ``budget`` environment steps (evaluations), counted over all workers."""
 
         def _on_step(self) -> bool:
-            if args.n_envs > 1:
+            if spawned:
                 for info in self.locals["infos"]:
                     progress("step", info, info.get("score", 0.0))
             return self.num_timesteps < args.budget

@@ -17,7 +17,8 @@ from rankgym.errors import ConfigError
 from rankgym.tasks import TASKS
 
 ENTRY_POINT = "rankgym.registry:make_rank_search_env"
-EVALUATORS = ("finetune", "warmstart", "fake", "replay")
+VECTOR_ENTRY_POINT = "rankgym.registry:make_rank_search_vector_env"
+EVALUATORS = ("finetune", "warmstart", "batched", "fake", "replay")
 
 
 @dataclass
@@ -105,10 +106,10 @@ def env_ids() -> dict[str, dict[str, Any]]:
 def register_envs() -> None:
     for env_id, kwargs in env_ids().items():
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=ENTRY_POINT, kwargs=dict(kwargs, env_id=env_id))
+            gym.register(env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs=dict(kwargs, env_id=env_id))
 
 
-def build_evaluator(config: EnvConfig):
+def build_evaluator(config: EnvConfig, k: int = 1):
     from rankgym.training import Recipe
 
     if config.evaluator == "fake":
@@ -124,6 +125,10 @@ def build_evaluator(config: EnvConfig):
     recipe = Recipe(train_examples=config.train_examples, batch_size=config.batch_size, lr=config.lr, val_examples=config.val_examples)
     common = dict(backbone=config.backbone, task=config.task, recipe=recipe, seed=config.seed, device=config.device,
                   max_rank=config.max_rank, alpha=config.alpha, model_name_or_path=config.model_name_or_path, data_dir=config.data_dir)
+    if config.evaluator == "batched":
+        from rankgym.evaluators.batched import BatchedEvaluator
+
+        return BatchedEvaluator(k=k, **common)
     if config.evaluator == "warmstart":
         from rankgym.evaluators.warmstart import WarmStartEvaluator
 
@@ -135,10 +140,36 @@ def build_evaluator(config: EnvConfig):
 
 def make_rank_search_env(env_id: str = "RankSearch", **kwargs: Any):
     """Entry point of every registered id: validate kwargs, build the evaluator, then the env."""
-    from rankgym.envs.rank_search import RankSearchEnv
+    config = EnvConfig.from_kwargs(kwargs, env_id)
+    return _env(config, build_evaluator(config))
+
+
+def make_batched_episodes(num_envs: int, env_id: str = "RankSearch", on_evaluation=None, **kwargs: Any):
+    """``num_envs`` environments on one evaluator; ``finetune`` becomes ``batched`` with k = num_envs."""
+    from rankgym.envs.vector import BatchedEpisodes
 
     config = EnvConfig.from_kwargs(kwargs, env_id)
-    evaluator = build_evaluator(config)
+    if config.evaluator == "finetune":
+        config.evaluator = "batched"
+    if config.evaluator in ("warmstart", "replay"):
+        raise ConfigError(f"the {config.evaluator} evaluator cannot be shared by vector environments; use finetune or fake")
+    evaluator = build_evaluator(config, k=num_envs)
+    first = _env(config, evaluator)
+    envs = [first] + [_env(config, evaluator, store=first.store) for _ in range(num_envs - 1)]
+    return BatchedEpisodes(envs, on_evaluation)
+
+
+def make_rank_search_vector_env(num_envs: int = 1, env_id: str = "RankSearch", **kwargs: Any):
+    """Vector entry point (``gym.make_vec(id, num_envs=K)``): K envs evaluated in one batched fine-tune."""
+    from rankgym.envs.vector import RankSearchVectorEnv
+
+    kwargs.pop("render_mode", None)
+    return RankSearchVectorEnv(make_batched_episodes(num_envs, env_id, **kwargs))
+
+
+def _env(config: EnvConfig, evaluator, store=None):
+    from rankgym.envs.rank_search import RankSearchEnv
+
     env = RankSearchEnv(
         evaluator,
         lam=config.lam,
@@ -151,7 +182,7 @@ def make_rank_search_env(env_id: str = "RankSearch", **kwargs: Any):
         target_score=config.target_score,
         reward=config.reward,
         groups=config.groups,
-        store=config.store if config.evaluator != "replay" else evaluator.store,
+        store=store or (config.store if config.evaluator != "replay" else evaluator.store),
         failure_penalty=config.failure_penalty,
     )
     env.config = config

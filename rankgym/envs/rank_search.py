@@ -157,24 +157,29 @@ class RankSearchEnv(gym.Env):
             ranks = [ranks.ranks.get(n, 0) for n in self.names]
         return float(sum(int(r) * (m.in_features + m.out_features) for r, m in zip(ranks, self.modules)) / self.reference_params)
 
-    def _evaluate(self, rank_map: RankMap) -> Evaluation:
-        """Answer from the store when possible; otherwise evaluate and write at once. Never raises."""
-        if self.evaluator.cacheable:
-            found = self.store.get(self.context, rank_map)
-            if found is not None:
-                return found
-        start = time.perf_counter()
-        try:
-            evaluation = self.evaluator.evaluate(rank_map)
-        except Exception as err:  # an expected failure (NaN, OOM, a raising evaluator) must not kill a search
-            log.warning("evaluation failed: %s", err, exc_info=not isinstance(err, (ArithmeticError, MemoryError)))
-            message = f"{type(err).__name__}: {err}"
-            return Evaluation(math.nan, self.evaluator.trainable_params(rank_map), time.perf_counter() - start, error=message)
+    def lookup(self, rank_map: RankMap) -> Evaluation | None:
+        """The stored evaluation of ``rank_map``, if the evaluator's results may be reused."""
+        return self.store.get(self.context, rank_map) if self.evaluator.cacheable else None
+
+    def remember(self, rank_map: RankMap, evaluation: Evaluation) -> Evaluation:
+        """Mark a non-finite metric as an error and write the evaluation to the store at once."""
         if not math.isfinite(evaluation.metric):
             evaluation.error = evaluation.error or f"metric is {evaluation.metric}"
         self.evaluations += 1
         self.store.put(self.context, rank_map, evaluation, self.evaluator.state_key())
         return evaluation
+
+    def _evaluate(self, rank_map: RankMap) -> Evaluation:
+        """Answer from the store when possible; otherwise evaluate and write at once. Never raises."""
+        found = self.lookup(rank_map)
+        if found is not None:
+            return found
+        start = time.perf_counter()
+        try:
+            evaluation = self.evaluator.evaluate(rank_map)
+        except Exception as err:  # an expected failure (NaN, OOM, a raising evaluator) must not kill a search
+            return failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
+        return self.remember(rank_map, evaluation)
 
     def _observe(self) -> np.ndarray:
         rel = (self.ranks / self.max_rank)[:, None].astype(np.float32)
@@ -216,28 +221,42 @@ class RankSearchEnv(gym.Env):
 
     # -- Gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        rank_map = self.start_episode(seed)
+        return self.finish_reset(rank_map, self._evaluate(rank_map))
+
+    def start_episode(self, seed: int | None = None) -> RankMap:
+        """First half of a reset: back to the initial ranks; returns the map to evaluate."""
         super().reset(seed=seed)
         if self.spec is not None and self.spec.max_episode_steps:  # gym.make(..., max_episode_steps=N)
             self.max_episode_steps = self.spec.max_episode_steps
         self.evaluator.reset_episode()
         self.ranks = self.initial.copy()
         self.t = 0
-        rank_map = self.rank_map()
-        evaluation = self._evaluate(rank_map)
+        return self.rank_map()
+
+    def finish_reset(self, rank_map: RankMap, evaluation: Evaluation):
+        """Second half of a reset: observation and info from the initial map's evaluation."""
         info = self._record(rank_map, evaluation)
         self.last_metric, self.last_score = (evaluation.metric, info["score"]) if evaluation.ok else (0.0, 0.0)
         self.last_cost = info["cost"]
         return self._observe(), info
 
     def step(self, action):
+        rank_map = self.apply_action(action)
+        return self.finish_step(rank_map, self._evaluate(rank_map))
+
+    def apply_action(self, action) -> RankMap:
+        """First half of a step: move the ranks; returns the map to evaluate."""
         action = np.asarray(action, dtype=np.int64).reshape(-1)
         if action.shape != (self.n_groups,) or action.min() < 0 or action.max() > 2:
             raise ValueError(f"action must be {self.n_groups} integers in {{0, 1, 2}} (shrink, keep, grow), got {action.tolist()}")
         delta = (action[self.group_of] - KEEP) * self.rank_step
         self.ranks = np.clip(self.ranks + delta, self.min_rank, self.max_rank)
         self.t += 1
-        rank_map = self.rank_map()
-        evaluation = self._evaluate(rank_map)
+        return self.rank_map()
+
+    def finish_step(self, rank_map: RankMap, evaluation: Evaluation):
+        """Second half of a step: reward, observation and info from the map's evaluation."""
         info = self._record(rank_map, evaluation)
         truncated = self.max_episode_steps is not None and self.t >= self.max_episode_steps
         if not evaluation.ok:
@@ -271,3 +290,9 @@ class RankSearchEnv(gym.Env):
 
     def close(self) -> None:
         self.evaluator.close()
+
+
+def failed_evaluation(err: Exception, params: int, seconds: float) -> Evaluation:
+    """The evaluation of a map whose fine-tune raised: NaN metric and the error's message."""
+    log.warning("evaluation failed: %s", err, exc_info=not isinstance(err, (ArithmeticError, MemoryError)))
+    return Evaluation(math.nan, params, seconds, error=f"{type(err).__name__}: {err}")
