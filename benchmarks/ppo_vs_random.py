@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 import gymnasium as gym
+from rankgym.agents import ppo, random_search
 
 import rankgym  # noqa: F401
-from rankgym.agents import ppo, random_search
 
 ENV_ID = "RankSearch-fake-v0"
 

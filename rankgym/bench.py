@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankgym.backbones import HEAD_NAMES, get_backbone, load_backbone
+from rankgym.backbones import HEAD_NAMES, load_backbone
 from rankgym.evaluators.batched import BatchedEvaluator
 from rankgym.evaluators.finetune import FinetuneEvaluator, resolve_device
 from rankgym.rankmap import RankMap
 from rankgym.tasks import Encoded
-from rankgym.training import Recipe, training_subset
+from rankgym.training import Recipe, finetune
 
 # bf16 dense tensor-core peaks (FLOP/s) of GPUs we know; elsewhere the fraction is not reported.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -85,7 +85,6 @@ def peft_baseline(evaluator: FinetuneEvaluator, rank_map: RankMap, model_name_or
     base, tokenizer = load_backbone(evaluator.spec.name, model_name_or_path, evaluator.data.num_labels, evaluator.seed, dropout=True)
     base.to(device)
     train, val = evaluator.train_set, evaluator.val_set
-    pad = tokenizer.pad_token_id
     g = torch.Generator().manual_seed(evaluator.seed)
 
     def padded(data: Encoded, idx: list[int]) -> dict[str, torch.Tensor]:
@@ -111,8 +110,8 @@ def peft_baseline(evaluator: FinetuneEvaluator, rank_map: RankMap, model_name_or
     correct = 0
     n = len(val) if recipe.val_examples is None else min(recipe.val_examples, len(val))
     with torch.no_grad():
-        for k in range(0, n, recipe.eval_batch_size):
-            idx = list(range(k, min(n, k + recipe.eval_batch_size)))
+        for k in range(0, n, recipe.batch_size):  # a user's validation loader: the training batch size
+            idx = list(range(k, min(n, k + recipe.batch_size)))
             correct += (model(**padded(val, idx)).logits.argmax(-1).cpu() == val.labels[idx]).sum().item()
     _sync(device)
     tokens = sum(train.lengths) + sum(val.lengths[:n])
@@ -125,6 +124,14 @@ def useful_flops(evaluator: FinetuneEvaluator, tokens_train: int, tokens_val: in
     params = sum(p.numel() for name, p in evaluator.model.named_parameters() if "embed" not in name and "wte" not in name
                  and "wpe" not in name and "lora_" not in name)
     return 2 * params * (2 * tokens_train + tokens_val)
+
+
+def warm_up(evaluator: FinetuneEvaluator, rank_map: RankMap) -> None:
+    """A few untimed batches first, so that no variant pays the process's one-off start-up costs."""
+    few = list(range(min(64, len(evaluator.train_set))))
+    evaluator.prepare(rank_map)
+    finetune(evaluator.model, evaluator.train_set.take(few), evaluator.val_set.take(few), evaluator.tokenizer.pad_token_id,
+             evaluator.recipe)
 
 
 def run_bench(backbone: str = "minilm", device: str = "auto", train_examples: int = 512, batch_size: int = 32,
@@ -154,6 +161,7 @@ def run_bench(backbone: str = "minilm", device: str = "auto", train_examples: in
                      + (f"  {r.peak_fraction:.2%} of bf16 peak" if r.peak_fraction is not None else ""))
             return r
 
+        warm_up(single, rank_map)
         seconds, metric, _ = peft_baseline(single, rank_map, model_name_or_path)
         results = [result("peft", 1, seconds, metric, None)]
         baseline = seconds

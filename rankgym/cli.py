@@ -172,11 +172,13 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
             from rankgym.report import write_report
 
             write_report([run_dir], run_dir / "report")
-    click.echo(f"best map:    reward {summary['best_reward']:.4f} | metric {summary['best_metric']:.4f} | "
+    click.echo(f"{'best map:':12s} reward {summary['best_reward']:.4f} | metric {summary['best_metric']:.4f} | "
                f"{summary['best_params']:,} adapter parameters")
     if summary.get("initial_metric") is not None:
-        click.echo(f"initial map: reward {summary['initial_reward']:.4f} | metric {summary['initial_metric']:.4f} | "
-                   f"{summary['initial_params']:,} adapter parameters (where every episode starts)")
+        rank = summary.get("initial_uniform_rank")
+        name = f"uniform rank {rank}" if rank is not None else "initial map"
+        click.echo(f"{name + ':':12s} reward {summary['initial_reward']:.4f} | metric {summary['initial_metric']:.4f} | "
+                   f"{summary['initial_params']:,} adapter parameters (the map every episode starts from)")
     click.echo(f"{summary['evaluations']} evaluations ({summary['trained']} computed, {summary['cache_hits']} from the store) "
                f"in {summary['seconds']:.0f} s")
     click.echo(f"run folder: {run_dir}" + (f"  report: {run_dir / 'report' / 'report.md'}" if report else ""))

@@ -71,6 +71,11 @@ class StepLog:
         return self.db.execute(f"SELECT COUNT(*) FROM steps WHERE kind IN ({marks})", kinds).fetchone()[0]
 
 
+def _uniform_rank(row: dict[str, Any] | None) -> int | None:
+    ranks = set(json.loads(row["rank_map"]).values()) if row else set()
+    return ranks.pop() if len(ranks) == 1 else None
+
+
 def _finite(x: float) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
@@ -192,6 +197,7 @@ class RunDir:
             "initial_reward": start and start["score"],
             "initial_metric": start and start["metric"],
             "initial_params": start and start["params"],
+            "initial_uniform_rank": _uniform_rank(start),
         }
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

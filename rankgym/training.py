@@ -37,7 +37,8 @@ class Recipe:
         weight_decay: AdamW weight decay.
         warmup: fraction of steps with a linear warm-up; the rate then decays linearly to 0.
         max_length: tokens kept per sentence.
-        eval_batch_size: validation batch size.
+        eval_batch_size: validation batch size (None: 32 on a CPU, where small sorted batches are
+            fastest, 256 on a GPU); it changes only float rounding.
         val_examples: validate on the first N validation examples (None: all of them).
     """
 
@@ -47,7 +48,7 @@ class Recipe:
     weight_decay: float = 0.0
     warmup: float = 0.06
     max_length: int = 128
-    eval_batch_size: int = 128
+    eval_batch_size: int | None = None
     val_examples: int | None = None
 
     def to_dict(self) -> dict:
@@ -103,10 +104,11 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, copi
 
 
 @torch.no_grad()
-def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 128, limit: int | None = None,
+def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: int | None = None, limit: int | None = None,
                     copies: int = 1) -> list[tuple[float, float]]:
     """(accuracy, mean cross-entropy) of each of ``copies`` configurations, in length-sorted batches."""
     device = _device_of(model)
+    batch_size = batch_size or (32 if device.type == "cpu" else 256)
     was_training = model.training
     model.eval()
     n = len(data) if limit is None else min(limit, len(data))
@@ -124,7 +126,7 @@ def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: in
     return [(correct[c].item() / n, loss_sum[c].item() / n) for c in range(copies)]
 
 
-def evaluate(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 128, limit: int | None = None) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Encoded, pad_id: int, batch_size: int | None = None, limit: int | None = None) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) over ``data`` in length-sorted batches."""
     return evaluate_copies(model, data, pad_id, batch_size, limit)[0]
 

@@ -45,7 +45,7 @@ def test_random_search_writes_every_artefact_and_a_loadable_peft_config(tmp_path
     summary = json.loads((run / "summary.json").read_text())
     assert summary["evaluations"] == 40
     assert summary["best_reward"] == max(float(r["score"]) for r in rows)
-    assert "best reward" in result.output and "report" in result.output
+    assert "best map:" in result.output and "report.md" in result.output
 
     best = RankMap.load(run / "best_rank_map.json")
     assert best.provenance["score"] == summary["best_reward"]
@@ -154,3 +154,29 @@ def test_ppo_search_on_tiny_with_budget_64_writes_every_artefact(tmp_path, sst2_
         assert (run / name).is_file(), name
     assert any((run / "checkpoints").glob("*.zip"))
     assert json.loads((run / "summary.json").read_text())["evaluations"] == 64
+
+
+def test_report_compares_runs_and_analyze_writes_spectral_ranks(tmp_path):
+    runs = []
+    for agent in ("random", "uniform"):
+        run = tmp_path / agent
+        search("RankSearch-fake-v0", "--agent", agent, "--budget", "12", "--out", str(run), "--no-report")
+        runs.append(str(run))
+    result = CliRunner().invoke(main, ["report", *runs, "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "cmp" / "report.md").read_text()
+    assert table.count("| random |") == 1 and table.count("| uniform |") == 1
+    assert {p.name for p in (tmp_path / "cmp").glob("*.png")} >= {"best_reward.png", "metric_vs_params.png", "best_map_0.png"}
+
+    analyzed = CliRunner().invoke(main, ["analyze", "--backbone", "tiny", "--out", str(tmp_path / "spectra")])
+    assert analyzed.exit_code == 0, analyzed.output
+    ranks = json.loads((tmp_path / "spectra" / "spectral_ranks.json").read_text())
+    assert len(ranks) == 8 and all(row["r80"] <= row["r90"] <= row["r95"] <= min(row["shape"]) for row in ranks.values())
+    assert (tmp_path / "spectra" / "spectra.png").is_file()
+
+
+def test_envs_lists_every_id():
+    result = CliRunner().invoke(main, ["envs"])
+    assert result.exit_code == 0
+    for env_id in ("RankSearch-gpt2-sst2-v0", "RankSearch-minilm-sst2-v0", "RankSearch-tiny-sst2-v0", "RankSearch-fake-v0"):
+        assert env_id in result.output

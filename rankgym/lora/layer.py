@@ -168,8 +168,9 @@ class LoRALayer(nn.Module):
         if self.rank == 0 or self.merged:
             return out
         r = self.rank
-        h = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A[:r].t()
-        return out + (self.scale * (h @ self.lora_B[:, :r].t())).to(out.dtype)
+        h = nn.functional.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A[:r])
+        # the scale goes into the small out x r factor, not over the large output
+        return out + nn.functional.linear(h, self.lora_B[:, :r] * self.scale).to(out.dtype)
 
     def _base_delta(self) -> torch.Tensor:
         delta = self.delta_weight()
