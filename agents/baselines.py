@@ -10,32 +10,20 @@ frozen weight, scaled to the parameter budget of the uniform map at the env's in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli
+from rankgym.strategies import baseline_maps
 
 
 @dataclass
-class Args:
-    env_id: str = "RankSearch-fake-v0"
-    """registered environment id"""
-    family: str = "uniform"
-    """uniform, presets or spectral"""
-    budget: int = 16
-    """at most this many maps (each family has 3 or 4)"""
-    seed: int = 0
-    """seeds the environment"""
-    out: str | None = None
-    """run folder (default runs/<env>__<family>__<seed>__<time>)"""
-    resume: bool = False
-    """continue the run in --out"""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """gym.make overrides"""
+class Args(SearchArgs):
+    family: str = "uniform"  # uniform, presets or spectral
+    budget: int = 16  # at most this many maps (each family has 3 or 4)
 
 
 def run(args: Args) -> dict[str, Any]:
-    from rankgym.run import evaluate_ranks, finish_search, open_search
-    from rankgym.strategies import baseline_maps
-
     started = time.time()
     run_dir, env, log, progress = open_search(args.env_id, args.family, args.budget, args.seed, args.out, args.resume, args.env_kwargs)
     budget_params = int(env.initial @ [m.in_features + m.out_features for m in env.modules])
@@ -45,17 +33,4 @@ def run(args: Args) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    from ppo import key_values
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env-id", default=Args.env_id)
-    parser.add_argument("--family", default=Args.family, choices=["uniform", "presets", "spectral"])
-    parser.add_argument("--budget", type=int, default=Args.budget)
-    parser.add_argument("--seed", type=int, default=Args.seed)
-    parser.add_argument("--out")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="gym.make override")
-    ns = parser.parse_args()
-    print(run(Args(ns.env_id, ns.family, ns.budget, ns.seed, ns.out, ns.resume, key_values(ns.env))))
+    print(run(parse_cli(Args, __doc__)))

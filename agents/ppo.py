@@ -10,13 +10,14 @@ suit a few hundred expensive steps: SB3's n_steps=2048 would never update within
 
 from __future__ import annotations
 
-import ast
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rankgym.run import SearchArgs, parse_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ppo.yaml"
 BUILTIN = {  # used where configs/ppo.yaml is not beside the code (an installed wheel)
@@ -26,26 +27,12 @@ BUILTIN = {  # used where configs/ppo.yaml is not beside the code (an installed 
 
 
 @dataclass
-class Args:
-    env_id: str = "RankSearch-fake-v0"
-    """registered environment id"""
-    budget: int = 256
-    """environment steps (evaluations) to spend"""
-    seed: int = 0
-    """seeds PPO and the environment"""
+class Args(SearchArgs):
+    # parallel environments: on one device their maps train together in one batched fine-tune;
+    # with several --devices each runs in a spawned process on its own device
     n_envs: int = 1
-    """parallel environments: on one device their maps train together in one batched fine-tune;
-    with several --devices each runs in a spawned process on its own device"""
-    devices: list[str] = field(default_factory=list)
-    """one device per worker (cycled), e.g. cuda:0 cuda:1; empty: the env's default"""
-    out: str | None = None
-    """run folder (default runs/<env>__ppo__<seed>__<time>)"""
-    resume: bool = False
-    """continue the run in --out"""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """gym.make overrides (device, lam, data_dir, model_name_or_path, ...)"""
-    hyperparams: dict[str, Any] = field(default_factory=dict)
-    """overrides of configs/ppo.yaml"""
+    devices: list[str] = field(default_factory=list)  # one device per worker (cycled), e.g. cuda:0 cuda:1
+    hyperparams: dict[str, Any] = field(default_factory=dict)  # overrides of configs/ppo.yaml (--set KEY=VALUE)
 
 
 def hyperparameters(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -135,35 +122,5 @@ def run(args: Args) -> dict[str, Any]:
     return run_dir.finish(template, lam, started, "ppo", fan_in_fan_out=any(m.kind == "qkv" for m in modules))
 
 
-def parse(argv: list[str] | None = None) -> Args:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env-id", default=Args.env_id)
-    parser.add_argument("--budget", type=int, default=Args.budget)
-    parser.add_argument("--seed", type=int, default=Args.seed)
-    parser.add_argument("--n-envs", type=int, default=Args.n_envs)
-    parser.add_argument("--devices", nargs="*", default=[])
-    parser.add_argument("--out")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="gym.make override")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
-    ns = parser.parse_args(argv)
-    return Args(ns.env_id, ns.budget, ns.seed, ns.n_envs, ns.devices, ns.out, ns.resume,
-                key_values(ns.env), key_values(ns.set))
-
-
-def key_values(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` strings to a dict; values are Python literals when they parse as one."""
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 if __name__ == "__main__":
-    print(run(parse()))
+    print(run(parse_cli(Args, __doc__)))

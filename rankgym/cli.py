@@ -1,4 +1,4 @@
-"""The ``rankgym`` command. Heavy imports happen inside each subcommand so ``--help`` is instant."""
+"""The ``rankgym`` command. Each subcommand imports what it needs (models, agents) only when it runs."""
 
 from __future__ import annotations
 
@@ -96,40 +96,25 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, train_examples, batc
 AGENTS = ("ppo", "random", "tpe", "uniform", "presets", "spectral")
 
 
-def key_values(pairs: tuple[str, ...]) -> dict:
-    """``key=value`` options to a dict; values are Python literals when they parse as one."""
-    import ast
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            fail(f"expected KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
               hyperparams: dict, n_envs: int, devices: tuple[str, ...]) -> dict:
     """Dispatch to the agent scripts in agents/ (shipped as rankgym.agents)."""
+    common = dict(env_id=env_id, budget=budget, seed=seed, out=out, resume=resume, env_kwargs=env_kwargs)
     if agent == "ppo":
         from rankgym.agents import ppo
 
-        return ppo.run(ppo.Args(env_id, budget, seed, n_envs, list(devices), out, resume, env_kwargs, hyperparams))
+        return ppo.run(ppo.Args(**common, n_envs=n_envs, devices=list(devices), hyperparams=hyperparams))
     if agent == "random":
         from rankgym.agents import random_search
 
-        return random_search.run(random_search.Args(env_id, budget, seed, out, resume, env_kwargs))
+        return random_search.run(random_search.Args(**common))
     if agent == "tpe":
         from rankgym.agents import tpe
 
-        return tpe.run(tpe.Args(env_id, budget, seed, out, resume, env_kwargs))
+        return tpe.run(tpe.Args(**common))
     from rankgym.agents import baselines
 
-    return baselines.run(baselines.Args(env_id, agent, budget, seed, out, resume, env_kwargs))
+    return baselines.run(baselines.Args(**common, family=agent))
 
 
 @main.command()
@@ -157,6 +142,8 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
         else:
             if not env_id:
                 fail("give an ENV_ID (see `rankgym envs`) or --resume RUN_DIR")
+            from rankgym.run import key_values
+
             env_kwargs, hyperparams = key_values(env_options), key_values(hp_options)
         import gymnasium as gym
 

@@ -13,6 +13,7 @@ import json
 import math
 import sqlite3
 import time
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,55 @@ def finish_search(run_dir: RunDir, env, started: float, agent: str, progress: Pr
     summary = run_dir.finish(env.template, env.lam, started, agent, fan_in_fan_out=any(m.kind == "qkv" for m in env.modules))
     env.close()
     return summary
+
+
+@dataclass
+class SearchArgs:
+    """What every agent takes; each agent's ``Args`` adds its own fields."""
+
+    env_id: str = "RankSearch-fake-v0"  # registered environment id
+    budget: int = 256  # evaluations to spend (environment steps or proposed maps)
+    seed: int = 0  # seeds the agent and the environment
+    out: str | None = None  # run folder (default runs/<env>__<agent>__<seed>__<time>)
+    resume: bool = False  # continue the run in --out
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # gym.make overrides (--env KEY=VALUE)
+
+
+def parse_cli(cls: type, description: str, argv: list[str] | None = None):
+    """An ``Args`` dataclass from the command line: ``--field-name VALUE`` per field, ``--env`` and
+    ``--set KEY=VALUE`` (repeatable) for the dict fields ``env_kwargs`` and ``hyperparams``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dict_flags = {"env_kwargs": "--env", "hyperparams": "--set"}
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if f.name in dict_flags:
+            parser.add_argument(dict_flags[f.name], dest=f.name, action="append", default=[], metavar="KEY=VALUE")
+        elif isinstance(default, bool):
+            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true")
+        elif isinstance(default, list):
+            parser.add_argument("--" + f.name.replace("_", "-"), nargs="*", default=default)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=type(default) if default is not None else str, default=default)
+    values = vars(parser.parse_args(argv))
+    for name in dict_flags:
+        if name in values:
+            values[name] = key_values(values[name])
+    return cls(**values)
+
+
+def key_values(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` options to a dict; values are Python literals when they parse as one (else strings)."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
