@@ -204,10 +204,6 @@ class RunDir:
         return summary
 
 
-def load_best(run: str | Path) -> RankMap:
-    return RankMap.load(Path(run) / "best_rank_map.json")
-
-
 def open_search(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool,
                 env_kwargs: dict[str, Any], extra: dict[str, Any] | None = None):
     """Run folder, environment (writing to the run's store), step log and progress bar of a map-proposing agent."""

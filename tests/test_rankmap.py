@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from rankgym.backbones import BACKBONES
-from rankgym.lora.inject import apply_rank_map, load_adapter, save_adapter
+from rankgym.lora.inject import apply_rank_map, load_adapter, merge, save_adapter, unmerge
 from rankgym.rankmap import RankMap, RankMapError
 
 
@@ -159,3 +159,18 @@ def test_save_and_load_adapter_round_trip(small_gpt2, tmp_path):
     assert load_adapter(fresh, tmp_path) == rank_map
     ids = torch.randint(1, 300, (2, 7))
     torch.testing.assert_close(fresh(input_ids=ids).logits, small_gpt2(input_ids=ids).logits)
+
+
+def test_merging_a_whole_model_keeps_outputs_and_unmerging_restores_weights(small_gpt2):
+    layers = apply_rank_map(small_gpt2, varied_map(small_gpt2, "gpt2"))
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_()
+    weights = {n: layer.base.weight.detach().clone() for n, layer in layers.items()}
+    ids = torch.randint(1, 300, (2, 7))
+    expected = small_gpt2(input_ids=ids).logits
+    merge(small_gpt2)
+    torch.testing.assert_close(small_gpt2(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5)
+    unmerge(small_gpt2)
+    for name, layer in layers.items():
+        torch.testing.assert_close(layer.base.weight, weights[name], rtol=0, atol=1e-6)

@@ -195,8 +195,6 @@ class RankSearchEnv(gym.Env):
             "params": evaluation.params,
             "cost": cost,
             "score": score,
-            "performance": evaluation.metric,
-            "cost_penalty": self.lam * cost,
             "seconds": evaluation.seconds,
             "cache_hit": evaluation.cache_hit,
             "rank_map": dict(rank_map.ranks),

@@ -121,7 +121,8 @@ class FinetuneEvaluator(Evaluator):
     def private_rng(self):
         """Seeded work inside leaves the caller's RNG alone: an agent sampling from torch's global
         generator must see the same numbers whether an evaluation trains or comes from the store."""
-        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=cuda)
 
     def evaluate(self, rank_map: RankMap) -> Evaluation:
         with self.private_rng():

@@ -74,12 +74,6 @@ def set_trainable(model: nn.Module) -> None:
             p.requires_grad_(True)
 
 
-def current_rank_map(model: nn.Module, template: RankMap | None = None) -> RankMap:
-    """The ranks the model's LoRA layers have now, with ``template``'s alpha policy and provenance."""
-    ranks = {name: layer.rank for name, layer in lora_layers(model).items()}
-    return template.replace(ranks) if template else RankMap(ranks)
-
-
 def save_adapter(model: nn.Module, directory: str | Path, rank_map: RankMap) -> Path:
     """Write the active adapter factors and the task head (safetensors) plus the rank map (JSON)."""
     directory = Path(directory)
