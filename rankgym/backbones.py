@@ -13,12 +13,17 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import torch
-from torch import nn
-
 from rankgym.errors import RankgymError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported inside the functions that need it: `import rankgym` registers the environments
+# and `rankgym --help` answers without loading it.
 
 MODEL_DIR_ENV = "RANKGYM_MODEL_DIR"
 
@@ -177,6 +182,8 @@ def load_backbone(
     own dropout is off unless ``dropout=True``: an evaluation is a short fine-tune, where dropout
     costs accuracy (MiniLM, SST-2, rank 8, 8,192 examples: 0.845 without, 0.822 with) and time.
     """
+    import torch
+    from torch import nn
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -222,6 +229,9 @@ def head_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def init_head(model: nn.Module, generator: torch.Generator) -> None:
     """Re-initialise the task head as transformers does (normal(0, initializer_range), bias 0), seeded."""
+    import torch
+    from torch import nn
+
     std = getattr(model.config, "initializer_range", 0.02)
     for head in head_modules(model).values():
         for module in head.modules():
@@ -236,6 +246,8 @@ def init_head(model: nn.Module, generator: torch.Generator) -> None:
 
 def module_infos(model: nn.Module, spec: BackboneSpec):
     """:class:`~rankgym.evaluators.base.ModuleInfo` of every default module: kind, block, shape, spectrum."""
+    import torch
+
     from rankgym.evaluators.base import ModuleInfo
     from rankgym.lora.layer import base_shape
 

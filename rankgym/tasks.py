@@ -11,10 +11,12 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from rankgym.errors import RankgymError
+
+if TYPE_CHECKING:
+    import torch
 
 DATA_DIR_ENV = "RANKGYM_DATA_DIR"
 TASKS = ("sst2",)
@@ -158,6 +160,8 @@ _ENCODED: dict[tuple, Encoded] = {}
 
 def encode(split: Split, tokenizer, max_length: int = 128) -> Encoded:
     """Tokenise a split once per process (cached by tokenizer, length and content) and reuse it."""
+    import torch
+
     key = (tokenizer.name_or_path, len(tokenizer), max_length, hash(tuple(split.texts)), hash(tuple(split.labels)))
     if key not in _ENCODED:
         ids = tokenizer(split.texts, truncation=True, max_length=max_length)["input_ids"]
