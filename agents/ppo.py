@@ -64,10 +64,10 @@ def run(args: Args) -> dict[str, Any]:
 
     from rankgym.envs.vector import RankSearchVecEnv
     from rankgym.registry import make_batched_episodes
-    from rankgym.run import Progress, RunDir, StepLog
+    from rankgym.run import Progress, RunDir, StepLog, default_run_dir
 
     hp = hyperparameters(args.env_id, args.hyperparams)
-    out = args.out or f"runs/{args.env_id}__ppo__{args.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or default_run_dir(args.env_id, "ppo", args.seed)
     run_dir = RunDir(out, {"env_id": args.env_id, "agent": "ppo", "seed": args.seed, "budget": args.budget,
                            "n_envs": args.n_envs, "env_kwargs": args.env_kwargs, "hyperparams": hp}, resume=args.resume)
     started = time.time()

@@ -152,9 +152,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
         if env_id not in gym.registry:
             fail(f"unknown environment {env_id!r}; `rankgym envs` lists them")
         summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices)
-        run_dir = Path(out) if out else None
-        if run_dir is None:
-            run_dir = sorted(Path("runs").glob(f"{env_id}__{agent}__{seed}__*"))[-1]
+        run_dir = Path(summary["run"])
         if report:
             from rankgym.report import write_report
 

@@ -181,6 +181,7 @@ class RunDir:
         steps = [r for r in rows if r["kind"] != "reset"]
         start = next((r for r in rows if r["kind"] == "reset" and r["error"] is None), None)
         summary = {
+            "run": str(self.path),
             "env_id": self.config.get("env_id"),
             "agent": agent,
             "seed": self.config.get("seed"),
@@ -204,12 +205,16 @@ class RunDir:
         return summary
 
 
+def default_run_dir(env_id: str, agent: str, seed: int) -> str:
+    return f"runs/{env_id}__{agent}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def open_search(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool,
                 env_kwargs: dict[str, Any], extra: dict[str, Any] | None = None):
     """Run folder, environment (writing to the run's store), step log and progress bar of a map-proposing agent."""
     import rankgym  # noqa: F401  (registers the ids)
 
-    out = out or f"runs/{env_id}__{agent}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out or default_run_dir(env_id, agent, seed)
     config = {"env_id": env_id, "agent": agent, "seed": seed, "budget": budget, "env_kwargs": env_kwargs, **(extra or {})}
     run_dir = RunDir(out, config, resume=resume)
     env = gym.make(env_id, **{**env_kwargs, "store": str(run_dir.store_path), "seed": env_kwargs.get("seed", seed)}).unwrapped

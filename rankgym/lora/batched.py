@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rankgym.lora.layer import AlphaMode, base_shape, lora_scale
+from rankgym.lora.layer import AlphaMode, base_shape, initial_A, lora_scale
 
 
 class BatchedLoRALayer(nn.Module):
@@ -45,14 +45,12 @@ class BatchedLoRALayer(nn.Module):
         the single layer draws it, B = 0. The batch must then hold ``len(ranks)`` slices."""
         if len(ranks) > self.k or max(ranks) > self.max_rank:
             raise ValueError(f"{len(ranks)} configurations with ranks up to {max(ranks)} do not fit k={self.k}, max_rank={self.max_rank}")
-        bound = 1.0 / self.in_features ** 0.5
         with torch.no_grad():
             self.lora_A.zero_()
             self.lora_B.zero_()
             self.mask.zero_()
             for i, (r, g) in enumerate(zip(ranks, generators)):
-                a = torch.empty(r, self.in_features, dtype=torch.float32).uniform_(-bound, bound, generator=g)
-                self.lora_A[i, :r] = a.to(self.lora_A)
+                self.lora_A[i, :r] = initial_A(r, self.in_features, g).to(self.lora_A)
                 self.mask[i, :r] = lora_scale(r, self.alpha, self.alpha_mode, self.rslora)
         self.ranks, self.active = list(ranks), len(ranks)
 

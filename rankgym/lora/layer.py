@@ -44,6 +44,12 @@ def lora_scale(r: int, alpha: float, alpha_mode: AlphaMode = "fixed", rslora: bo
     return lora_alpha / (math.sqrt(r) if rslora else r)
 
 
+def initial_A(rows: int, in_features: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fresh rows of A as PEFT initialises them (kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in)))."""
+    bound = 1.0 / math.sqrt(in_features)
+    return torch.empty(rows, in_features, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+
+
 class LoRALayer(nn.Module):
     """A frozen ``nn.Linear`` or ``Conv1D`` with a LoRA update of adjustable rank.
 
@@ -105,10 +111,7 @@ class LoRALayer(nn.Module):
     def _init_components(self, start: int, stop: int, generator: torch.Generator | None = None) -> None:
         """Fresh components start..stop: A as PEFT initialises it (Kaiming-uniform), B = 0."""
         with torch.no_grad():
-            bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)) on fan_in
-            a = torch.empty(stop - start, self.in_features, dtype=torch.float32)
-            a.uniform_(-bound, bound, generator=generator)
-            self.lora_A[start:stop] = a.to(self.lora_A)
+            self.lora_A[start:stop] = initial_A(stop - start, self.in_features, generator).to(self.lora_A)
             self.lora_B[:, start:stop] = 0
 
     def reset_adapter(self, rank: int, generator: torch.Generator | None = None) -> None:
