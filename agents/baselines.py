@@ -25,11 +25,11 @@ class Args(SearchArgs):
 
 def run(args: Args) -> dict[str, Any]:
     started = time.time()
-    run_dir, env, log, progress = open_search(args.env_id, args.family, args.budget, args.seed, args.out, args.resume, args.env_kwargs)
+    run_dir, env, log, progress = open_search(args, args.family)
     budget_params = int(env.initial @ [m.in_features + m.out_features for m in env.modules])
     for label, ranks in baseline_maps(env.modules, args.family, budget_params)[: args.budget]:
         evaluate_ranks(env, log, progress, ranks, label)
-    return finish_search(run_dir, env, started, args.family, progress)
+    return finish_search(run_dir, env, started, progress, args)
 
 
 if __name__ == "__main__":

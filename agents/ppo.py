@@ -68,8 +68,7 @@ def run(args: Args) -> dict[str, Any]:
 
     hp = hyperparameters(args.env_id, args.hyperparams)
     out = args.out or default_run_dir(args.env_id, "ppo", args.seed)
-    run_dir = RunDir(out, {"env_id": args.env_id, "agent": "ppo", "seed": args.seed, "budget": args.budget,
-                           "n_envs": args.n_envs, "env_kwargs": args.env_kwargs, "hyperparams": hp}, resume=args.resume)
+    run_dir = RunDir(out, {**args.config(), "agent": "ppo", "n_envs": args.n_envs, "hyperparams": hp}, resume=args.resume)
     started = time.time()
     store = str(run_dir.store_path)
     progress = Progress(args.budget, f"ppo {args.env_id}")
@@ -119,7 +118,8 @@ def run(args: Args) -> dict[str, Any]:
     progress.close()
     template, lam, modules = (venv.get_attr(name, [0])[0] for name in ("template", "lam", "modules"))
     venv.close()
-    return run_dir.finish(template, lam, started, "ppo", fan_in_fan_out=any(m.kind == "qkv" for m in modules))
+    return run_dir.finish(template, lam, started, "ppo", fan_in_fan_out=any(m.kind == "qkv" for m in modules),
+                          promotion=args.promotion())
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ class Args(SearchArgs):
 
 def run(args: Args) -> dict[str, Any]:
     started = time.time()
-    run_dir, env, log, progress = open_search(args.env_id, "random", args.budget, args.seed, args.out, args.resume, args.env_kwargs)
+    run_dir, env, log, progress = open_search(args, "random")
     rng = np.random.default_rng(args.seed)
     choices = np.arange(env.min_rank, env.max_rank + 1, env.rank_step)
     for _ in range(args.budget):
         evaluate_ranks(env, log, progress, rng.choice(choices, size=len(env.names)))
-    return finish_search(run_dir, env, started, "random", progress)
+    return finish_search(run_dir, env, started, progress, args)
 
 
 if __name__ == "__main__":

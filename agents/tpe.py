@@ -25,7 +25,7 @@ def run(args: Args) -> dict[str, Any]:
         raise ConfigError("the tpe agent needs Optuna: pip install 'rankgym[tpe]'") from None
 
     started = time.time()
-    run_dir, env, log, progress = open_search(args.env_id, "tpe", args.budget, args.seed, args.out, args.resume, args.env_kwargs)
+    run_dir, env, log, progress = open_search(args, "tpe")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
 
@@ -34,7 +34,7 @@ def run(args: Args) -> dict[str, Any]:
         return evaluate_ranks(env, log, progress, ranks)["reward"]
 
     study.optimize(objective, n_trials=args.budget)
-    return finish_search(run_dir, env, started, "tpe", progress)
+    return finish_search(run_dir, env, started, progress, args)
 
 
 if __name__ == "__main__":

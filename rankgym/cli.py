@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from rankgym import __version__
+from rankgym.recipe import ALPHA_POLICY, Recipe
 
 
 def fail(message: str) -> None:
@@ -44,10 +45,14 @@ def main() -> None:
 @click.option("--task", default="sst2", show_default=True, help="sst2, or a folder with train/validation TSV or CSV.")
 @click.option("--rank-map", "rank_map_path", type=click.Path(), help="Rank map JSON (e.g. a search's best_rank_map.json).")
 @click.option("--uniform", type=int, help="Give every default module this rank instead of a rank map.")
-@click.option("--alpha", type=float, default=8.0, show_default=True, help="lora_alpha with --uniform.")
-@click.option("--train-examples", type=int, default=8192, show_default=True, help="Training examples (one pass).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--alpha", type=float, default=ALPHA_POLICY["alpha"], show_default=True, help="lora_alpha with --uniform.")
+@click.option("--alpha-mode", type=click.Choice(["fixed", "ratio"]), default=ALPHA_POLICY["alpha_mode"], show_default=True,
+              help="With --uniform: fixed (scale alpha / r) or ratio (scale alpha at every rank).")
+@click.option("--rslora/--no-rslora", default=ALPHA_POLICY["rslora"], show_default=True, help="With --uniform: scale by 1 / sqrt(r).")
+@click.option("--train-examples", type=int, default=Recipe.train_examples, show_default=True, help="Training examples (one pass).")
+@click.option("--batch-size", type=int, default=Recipe.batch_size, show_default=True)
+@click.option("--lr", type=float, default=Recipe.lr, show_default=True, help="AdamW learning rate.")
+@click.option("--max-grad-norm", type=float, default=Recipe.max_grad_norm, show_default=True, help="Gradient clipping (0: off).")
 @click.option("--val-examples", type=int, default=None, help="Validate on the first N examples (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -57,26 +62,32 @@ def main() -> None:
 @click.option("--label-column", default="label", show_default=True, help="Label column of a task folder.")
 @click.option("--out", type=click.Path(), help="Run folder (default: runs/finetune__BACKBONE__TASK__TIME).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line: metric, trainable_params, seconds, out.")
-def finetune(backbone, task, rank_map_path, uniform, alpha, train_examples, batch_size, lr, val_examples, seed, device,
-             data_dir, model_name_or_path, text_column, label_column, out, as_json) -> None:
-    """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter."""
+def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, train_examples, batch_size, lr, max_grad_norm,
+             val_examples, seed, device, data_dir, model_name_or_path, text_column, label_column, out, as_json) -> None:
+    """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter.
+
+    Training never sees the score split a search scores maps on (held out of the training file),
+    so numbers from here and from a search's promotion are the same computation.
+    """
     from rankgym.evaluators.finetune import FinetuneEvaluator
     from rankgym.lora.inject import save_adapter
     from rankgym.rankmap import RankMap
-    from rankgym.training import Recipe
 
     if (rank_map_path is None) == (uniform is None):
         fail("give exactly one of --rank-map FILE or --uniform R")
     with user_errors():
-        recipe = Recipe(train_examples=train_examples, batch_size=batch_size, lr=lr, val_examples=val_examples)
+        recipe = Recipe(train_examples=train_examples, batch_size=batch_size, lr=lr, max_grad_norm=max_grad_norm or None,
+                        val_examples=val_examples)
         rank_map = RankMap.load(rank_map_path) if rank_map_path else None
-        policy = dict(alpha=rank_map.alpha, alpha_mode=rank_map.alpha_mode, rslora=rank_map.rslora) if rank_map else dict(alpha=alpha)
+        policy = (dict(alpha=rank_map.alpha, alpha_mode=rank_map.alpha_mode, rslora=rank_map.rslora) if rank_map
+                  else dict(alpha=alpha, alpha_mode=alpha_mode, rslora=rslora))
         max_rank = max(rank_map.ranks.values()) if rank_map else uniform
-        evaluator = FinetuneEvaluator(backbone, task, recipe, seed, device, max(max_rank, 1), model_name_or_path=model_name_or_path,
+        evaluator = FinetuneEvaluator(backbone, task, recipe, seed, device, max(max_rank, 1), score_on="validation",
+                                      model_name_or_path=model_name_or_path,
                                       data_dir=data_dir, text_column=text_column, label_column=label_column,
                                       progress=not as_json, **policy)
         if rank_map is None:
-            rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, alpha=alpha)
+            rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, **policy)
         rank_map.validate(evaluator.model)
         click.echo(f"{backbone} on {evaluator.data.name}: {sum(r > 0 for r in rank_map.ranks.values())} adapted modules, "
                    f"{evaluator.trainable_params(rank_map):,} adapter parameters, {recipe.train_examples} examples, "
@@ -97,9 +108,9 @@ AGENTS = ("ppo", "random", "tpe", "uniform", "presets", "spectral")
 
 
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
-              hyperparams: dict, n_envs: int, devices: tuple[str, ...]) -> dict:
+              hyperparams: dict, n_envs: int, devices: tuple[str, ...], promote: dict) -> dict:
     """Dispatch to the agent scripts in agents/ (shipped as rankgym.agents)."""
-    common = dict(env_id=env_id, budget=budget, seed=seed, out=out, resume=resume, env_kwargs=env_kwargs)
+    common = dict(env_id=env_id, budget=budget, seed=seed, out=out, resume=resume, env_kwargs=env_kwargs, **promote)
     if agent == "ppo":
         from rankgym.agents import ppo
 
@@ -128,9 +139,19 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--set", "hp_options", multiple=True, metavar="KEY=VALUE", help="PPO hyperparameter override (repeatable).")
 @click.option("--n-envs", type=int, default=1, show_default=True, help="PPO: parallel environments (spawned processes).")
 @click.option("--devices", multiple=True, help="PPO: one device per worker, cycled (repeatable).")
+@click.option("--promote", type=int, default=3, show_default=True, help="Top maps retrained with the full recipe at the end.")
+@click.option("--promote-seeds", type=int, default=3, show_default=True, help="Seeds of every promotion retrain.")
+@click.option("--promote-examples", type=int, default=8192, show_default=True, help="Training examples of a promotion retrain.")
+@click.option("--no-promote", is_flag=True, help="Answer with the best search score, without retraining.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
-def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, report) -> None:
-    """Search rank maps on ENV_ID with an agent; writes a run folder with the best map and a report."""
+def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, promote, promote_seeds,
+           promote_examples, no_promote, report) -> None:
+    """Search rank maps on ENV_ID with an agent; writes a run folder with the answer and a report.
+
+    The answer is promoted: the top maps by search score (scored on examples held out of training)
+    and the uniform map the search starts from are retrained with the full recipe and several seeds,
+    and validated on the validation split; best_rank_map.json is the winner.
+    """
     with user_errors():
         if resume_dir:
             saved = json.loads((Path(resume_dir) / "config.json").read_text()) if (Path(resume_dir) / "config.json").is_file() else None
@@ -138,6 +159,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                 fail(f"{resume_dir} holds no config.json: is it a run folder written by `rankgym search`?")
             env_id, agent, budget, seed = saved["env_id"], saved["agent"], saved["budget"], saved["seed"]
             env_kwargs, hyperparams, n_envs = saved.get("env_kwargs", {}), saved.get("hyperparams", {}), saved.get("n_envs", 1)
+            promotion = {k: saved[k] for k in ("promote", "promote_seeds", "promote_examples") if k in saved}
             out = resume_dir
         else:
             if not env_id:
@@ -145,21 +167,32 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
             from rankgym.run import key_values
 
             env_kwargs, hyperparams = key_values(env_options), key_values(hp_options)
+            if min(promote, promote_seeds, promote_examples) < 0 or (promote and not (promote_seeds and promote_examples)):
+                fail("--promote, --promote-seeds and --promote-examples must be >= 1 (or --no-promote)")
+            promotion = dict(promote=0 if no_promote else promote, promote_seeds=promote_seeds, promote_examples=promote_examples)
         import gymnasium as gym
 
         import rankgym  # noqa: F401
 
         if env_id not in gym.registry:
             fail(f"unknown environment {env_id!r}; `rankgym envs` lists them")
-        summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices)
+        summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices, promotion)
         run_dir = Path(summary["run"])
         if report:
             from rankgym.report import write_report
 
             write_report([run_dir], run_dir / "report")
-    click.echo(f"{'best map:':12s} reward {summary['best_reward']:.4f} | metric {summary['best_metric']:.4f} | "
+    click.echo(f"{'best map:':12s} reward {summary['best_reward']:.4f} | metric {summary['best_metric']:.4f} (search score) | "
                f"{summary['best_params']:,} adapter parameters")
-    if summary.get("initial_metric") is not None:
+    if summary.get("promotion"):
+        table = summary["promotion"]
+        click.echo(f"promoted ({len(table['seeds'])} seeds x {table['recipe']['train_examples']:,} examples, "
+                   f"{table['metric']} on the validation split):")
+        for row in table["rows"]:
+            mark = "winner" if row["label"] == table["winner"] else ""
+            click.echo(f"  {row['label']:28s} {row['mean']:.4f} ± {row['std']:.4f} | {row['params']:>9,} adapter parameters "
+                       f"| search {row['search_metric'] if row['search_metric'] is not None else float('nan'):.4f}  {mark}")
+    elif summary.get("initial_metric") is not None:
         rank = summary.get("initial_uniform_rank")
         name = f"uniform rank {rank}" if rank is not None else "initial map"
         click.echo(f"{name + ':':12s} reward {summary['initial_reward']:.4f} | metric {summary['initial_metric']:.4f} | "

@@ -15,6 +15,7 @@ import gymnasium as gym
 from rankgym.backbones import BACKBONES
 from rankgym.errors import ConfigError
 from rankgym.tasks import TASKS
+from rankgym.recipe import ALPHA_POLICY, Recipe
 
 ENTRY_POINT = "rankgym.registry:make_rank_search_env"
 VECTOR_ENTRY_POINT = "rankgym.registry:make_rank_search_vector_env"
@@ -30,8 +31,10 @@ class EnvConfig:
     ``failure_penalty`` (see :class:`~rankgym.envs.rank_search.RankSearchEnv`).
     Evaluator: ``evaluator`` (finetune, warmstart, fake, replay), ``backbone``, ``task``,
     ``device``, ``seed``, training budget (``train_examples``, ``batch_size``, ``lr``,
-    ``val_examples``, ``warm_examples``), ``alpha``, local copies (``model_name_or_path``,
-    ``data_dir``), ``fake_layers`` and ``fake_noise`` for the fake evaluator.
+    ``max_grad_norm``, ``val_examples``, ``warm_examples``), the alpha policy (``alpha``,
+    ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
+    training file), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers`` and
+    ``fake_noise`` for the fake evaluator.
     """
 
     backbone: str = "fake"
@@ -41,10 +44,14 @@ class EnvConfig:
     seed: int = 0
     train_examples: int = 1024
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = Recipe.lr
+    max_grad_norm: float | None = Recipe.max_grad_norm
     val_examples: int | None = None
     warm_examples: int | None = None
-    alpha: float = 8.0
+    alpha: float = ALPHA_POLICY["alpha"]
+    alpha_mode: str = ALPHA_POLICY["alpha_mode"]
+    rslora: bool = ALPHA_POLICY["rslora"]
+    score_examples: int | None = None
     model_name_or_path: str | None = None
     data_dir: str | None = None
     fake_layers: int = 4
@@ -77,6 +84,10 @@ class EnvConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
         if config.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {config.lr}")
+        if config.alpha_mode not in ("fixed", "ratio"):
+            raise ConfigError(f"alpha_mode must be 'fixed' (scale alpha / r) or 'ratio' (scale alpha at every rank), got {config.alpha_mode!r}")
+        if not isinstance(config.rslora, bool):
+            raise ConfigError(f"rslora must be True or False, got {config.rslora!r}")
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,9 +120,17 @@ def register_envs() -> None:
             gym.register(env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs=dict(kwargs, env_id=env_id))
 
 
-def build_evaluator(config: EnvConfig, k: int = 1):
-    from rankgym.training import Recipe
+def recipe_of(config: EnvConfig, train_examples: int | None = None) -> Recipe:
+    """The env's training recipe (at ``train_examples`` when given: promotion's full budget)."""
+    return Recipe(train_examples=train_examples or config.train_examples, batch_size=config.batch_size, lr=config.lr,
+                  max_grad_norm=config.max_grad_norm, val_examples=None if train_examples else config.val_examples)
 
+
+def alpha_policy_of(config: EnvConfig) -> dict[str, Any]:
+    return dict(alpha=config.alpha, alpha_mode=config.alpha_mode, rslora=config.rslora)
+
+
+def build_evaluator(config: EnvConfig, k: int = 1):
     if config.evaluator == "fake":
         from rankgym.evaluators.fake import FakeEvaluator
 
@@ -122,9 +141,9 @@ def build_evaluator(config: EnvConfig, k: int = 1):
         if not config.store:
             raise ConfigError("the replay evaluator answers from a store: pass store='path/to/store.sqlite'")
         return ReplayEvaluator(config.store, config.backbone, config.task)
-    recipe = Recipe(train_examples=config.train_examples, batch_size=config.batch_size, lr=config.lr, val_examples=config.val_examples)
-    common = dict(backbone=config.backbone, task=config.task, recipe=recipe, seed=config.seed, device=config.device,
-                  max_rank=config.max_rank, alpha=config.alpha, model_name_or_path=config.model_name_or_path, data_dir=config.data_dir)
+    common = dict(backbone=config.backbone, task=config.task, recipe=recipe_of(config), seed=config.seed, device=config.device,
+                  max_rank=config.max_rank, score_examples=config.score_examples, model_name_or_path=config.model_name_or_path,
+                  data_dir=config.data_dir, **alpha_policy_of(config))
     if config.evaluator == "batched":
         from rankgym.evaluators.batched import BatchedEvaluator
 

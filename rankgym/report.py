@@ -130,16 +130,37 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
               f"{run['summary']['best_metric']:.4f}", f"{run['summary']['best_params']:,}", str(run["summary"]["evaluations"]),
               str(run["summary"]["trained"]), f"{run['summary']['seconds']:.0f}"] for run in runs]
     images = ["best_reward.png", "metric_vs_params.png", *heatmaps]
-    md = ["# rankgym report", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in table]
+    sections = [("Runs (search scores: examples held out of training)", header, table)] + promotion_tables(runs)
+    md = ["# rankgym report"]
+    for title, head, body in sections:
+        md += ["", f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(row) + " |" for row in body]
     md += ["", *[f"![{name}]({name})" for name in images], ""]
     (out / "report.md").write_text("\n".join(md))
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table)
-    page = (f"<!doctype html><meta charset=utf-8><title>rankgym report</title><h1>rankgym report</h1>"
-            f"<table border=1 cellpadding=4><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{cells}</table>"
-            + "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images))
+    page = "<!doctype html><meta charset=utf-8><title>rankgym report</title><h1>rankgym report</h1>"
+    for title, head, body in sections:
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+        page += f"<h2>{html.escape(title)}</h2><table border=1 cellpadding=4><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{cells}</table>"
+    page += "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     (out / "report.html").write_text(page)
     return out
+
+
+def promotion_tables(runs: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """One table per promoted run: each map's search score and its retrained validation numbers."""
+    tables = []
+    for run in runs:
+        promotion = run["summary"].get("promotion")
+        if not promotion:
+            continue
+        head = ["map", "adapter params", "search metric", f"validation {promotion['metric']} (mean ± std)", "per seed", ""]
+        body = [[row["label"], f"{row['params']:,}", "" if row["search_metric"] is None else f"{row['search_metric']:.4f}",
+                 f"{row['mean']:.4f} ± {row['std']:.4f}", ", ".join(f"{v:.4f}" for v in row["values"]),
+                 "winner" if row["label"] == promotion["winner"] else ""] for row in promotion["rows"]]
+        title = (f"Promotion of {run['name']}: retrained with seeds {promotion['seeds']} on "
+                 f"{promotion['recipe']['train_examples']:,} examples, validated on the validation split")
+        tables.append((title, head, body))
+    return tables
 
 
 def analyze_backbone(modules: list[ModuleInfo], out: str | Path, fractions=(0.8, 0.9, 0.95)) -> dict[str, Any]:

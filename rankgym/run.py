@@ -21,6 +21,7 @@ import gymnasium as gym
 from tqdm.auto import tqdm
 
 from rankgym.errors import ConfigError
+from rankgym.promotion import Promotion, promote, promoted_map
 from rankgym.rankmap import RankMap
 
 STEPS_SCHEMA = """
@@ -157,11 +158,13 @@ class RunDir:
     def log(self, worker: int = 0) -> StepLog:
         return StepLog(self.store_path, worker)
 
-    def finish(self, template: RankMap, lam: float, started: float, agent: str, fan_in_fan_out: bool = False) -> dict[str, Any]:
-        """Write steps.csv, the best map (rankgym JSON and PEFT config) and summary.json.
+    def finish(self, template: RankMap, lam: float, started: float, agent: str, fan_in_fan_out: bool = False,
+               promotion: Promotion | None = None) -> dict[str, Any]:
+        """Write steps.csv, promote the top maps, then the answer (rankgym JSON and PEFT config) and summary.json.
 
         ``template`` carries the environment's modules and alpha policy; ``fan_in_fan_out`` is
-        True for GPT-2's Conv1D modules (PEFT needs it).
+        True for GPT-2's Conv1D modules (PEFT needs it). The answer is the promoted winner where
+        the search was promoted (see :mod:`rankgym.promotion`), else the best search score.
         """
         rows = self.log().rows()
         with (self.path / "steps.csv").open("w", newline="") as f:
@@ -172,12 +175,14 @@ class RunDir:
         if not scored:
             raise ConfigError(f"no evaluation in {self.path} succeeded; see steps.csv for the errors")
         best = max(scored, key=lambda r: r["score"])
-        best_map = template.replace(json.loads(best["rank_map"]))
-        best_map.provenance.update(metric=best["metric"], params=best["params"], score=best["score"], agent=agent,
-                                   lam=lam, run=str(self.path))
-        best_map.save(self.path / "best_rank_map.json")
-        if any(best_map.ranks.values()):
-            best_map.to_peft_config(fan_in_fan_out=fan_in_fan_out).save_pretrained(str(self.path))
+        table = promote(rows, self.config["env_id"], self.config.get("env_kwargs", {}), self.store_path, promotion) if promotion else None
+        answer = (table and promoted_map(template, table)) or template.replace(json.loads(best["rank_map"]))
+        answer.provenance.update(agent=agent, lam=lam, run=str(self.path))
+        if table is None:
+            answer.provenance.update(metric=best["metric"], params=best["params"], score=best["score"])
+        answer.save(self.path / "best_rank_map.json")
+        if any(answer.ranks.values()):
+            answer.to_peft_config(fan_in_fan_out=fan_in_fan_out).save_pretrained(str(self.path))
         steps = [r for r in rows if r["kind"] != "reset"]
         start = next((r for r in rows if r["kind"] == "reset" and r["error"] is None), None)
         summary = {
@@ -200,6 +205,7 @@ class RunDir:
             "initial_metric": start and start["metric"],
             "initial_params": start and start["params"],
             "initial_uniform_rank": _uniform_rank(start),
+            "promotion": table,
         }
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
@@ -209,16 +215,15 @@ def default_run_dir(env_id: str, agent: str, seed: int) -> str:
     return f"runs/{env_id}__{agent}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def open_search(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool,
-                env_kwargs: dict[str, Any], extra: dict[str, Any] | None = None):
+def open_search(args: "SearchArgs", agent: str):
     """Run folder, environment (writing to the run's store), step log and progress bar of a map-proposing agent."""
     import rankgym  # noqa: F401  (registers the ids)
 
-    out = out or default_run_dir(env_id, agent, seed)
-    config = {"env_id": env_id, "agent": agent, "seed": seed, "budget": budget, "env_kwargs": env_kwargs, **(extra or {})}
-    run_dir = RunDir(out, config, resume=resume)
-    env = gym.make(env_id, **{**env_kwargs, "store": str(run_dir.store_path), "seed": env_kwargs.get("seed", seed)}).unwrapped
-    return run_dir, env, run_dir.log(), Progress(budget, f"{agent} {env_id}")
+    out = args.out or default_run_dir(args.env_id, agent, args.seed)
+    run_dir = RunDir(out, {"agent": agent, **args.config()}, resume=args.resume)
+    kwargs = {**args.env_kwargs, "store": str(run_dir.store_path), "seed": args.env_kwargs.get("seed", args.seed)}
+    env = gym.make(args.env_id, **kwargs).unwrapped
+    return run_dir, env, run_dir.log(), Progress(args.budget, f"{agent} {args.env_id}")
 
 
 def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | None = None) -> dict[str, Any]:
@@ -229,11 +234,11 @@ def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | No
     return info
 
 
-def finish_search(run_dir: RunDir, env, started: float, agent: str, progress: Progress) -> dict[str, Any]:
+def finish_search(run_dir: RunDir, env, started: float, progress: Progress, args: "SearchArgs") -> dict[str, Any]:
     progress.close()
-    summary = run_dir.finish(env.template, env.lam, started, agent, fan_in_fan_out=any(m.kind == "qkv" for m in env.modules))
-    env.close()
-    return summary
+    env.close()  # frees the search's model before promotion loads its own
+    return run_dir.finish(env.template, env.lam, started, run_dir.config["agent"], fan_in_fan_out=any(m.kind == "qkv" for m in env.modules),
+                          promotion=args.promotion())
 
 
 @dataclass
@@ -246,6 +251,17 @@ class SearchArgs:
     out: str | None = None  # run folder (default runs/<env>__<agent>__<seed>__<time>)
     resume: bool = False  # continue the run in --out
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # gym.make overrides (--env KEY=VALUE)
+    promote: int = 3  # distinct top maps retrained with the full recipe at the end (0: no promotion)
+    promote_seeds: int = 3  # seeds of every promotion retrain
+    promote_examples: int = 8192  # training examples of a promotion retrain
+
+    def config(self) -> dict[str, Any]:
+        """What a run folder's config.json records of these arguments (resuming must not change it)."""
+        return {"env_id": self.env_id, "seed": self.seed, "budget": self.budget, "env_kwargs": self.env_kwargs,
+                "promote": self.promote, "promote_seeds": self.promote_seeds, "promote_examples": self.promote_examples}
+
+    def promotion(self) -> Promotion | None:
+        return Promotion(self.promote, self.promote_seeds, self.promote_examples) if self.promote > 0 else None
 
 
 def parse_cli(cls: type, description: str, argv: list[str] | None = None):

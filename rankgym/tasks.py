@@ -155,6 +155,26 @@ def load_task(
     raise TaskError(f"unknown task {task!r}: use one of {', '.join(TASKS)} or a folder with train/validation TSV or CSV files")
 
 
+SCORE_SPLIT_SEED = 20261128  # one fixed split per task: every seed and evaluator scores on the same examples
+
+
+def hold_out_score_split(data: TaskData, size: int | None = None, seed: int = SCORE_SPLIT_SEED) -> tuple[Split, Split]:
+    """(training pool, score split): ``size`` examples held out of the training file, seeded.
+
+    A search scores maps on the score split and never on the validation split, which only final,
+    retrained numbers touch (the best of many noisy scores on one split flatters the winner).
+    Every training subset is drawn from the pool, so no score example is ever trained on.
+    ``size`` defaults to the validation split's size, at most 1,000.
+    """
+    import torch
+
+    size = min(len(data.validation), 1000) if size is None else size
+    if not 0 < size < len(data.train):
+        raise TaskError(f"score split of {size} examples does not fit {data.name}'s {len(data.train)} training examples")
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed)).tolist()
+    return data.train.subset(sorted(order[size:])), data.train.subset(sorted(order[:size]))
+
+
 _ENCODED: dict[tuple, Encoded] = {}
 
 

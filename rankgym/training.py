@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -19,40 +19,12 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from rankgym.backbones import init_head
 from rankgym.errors import RankgymError
 from rankgym.lora.inject import lora_layers
+from rankgym.recipe import Recipe
 from rankgym.tasks import Encoded
 
 
 class TrainingDiverged(RankgymError, RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A fixed training budget, so that evaluations of different rank maps compare.
-
-    Attributes:
-        train_examples: examples seen in training (one pass over a seeded subset of that size).
-        batch_size: training batch size.
-        lr: AdamW learning rate for the adapters and the head.
-        weight_decay: AdamW weight decay.
-        warmup: fraction of steps with a linear warm-up; the rate then decays linearly to 0.
-        max_length: tokens kept per sentence.
-        eval_batch_size: validation batch size (None: 32 on a CPU, where small sorted batches are
-            fastest, 256 on a GPU); it changes only float rounding.
-        val_examples: validate on the first N validation examples (None: all of them).
-    """
-
-    train_examples: int = 8192
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    warmup: float = 0.06
-    max_length: int = 128
-    eval_batch_size: int | None = None
-    val_examples: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -141,6 +113,23 @@ def init_adapters(model: nn.Module, seed: int) -> None:
     init_head(model, g)
 
 
+def clip_per_copy(params: list[nn.Parameter], copies: int, max_norm: float) -> None:
+    """Clip each configuration's gradient to ``max_norm`` on its own, as it would be clipped alone.
+
+    With ``copies > 1`` every trainable tensor is stacked along dim 0, one slice per configuration
+    slot (batched adapters and heads, which may hold more slots than configurations in the batch),
+    so one global norm would couple the configurations.
+    """
+    if copies == 1:
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # one per slot
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.view(-1, *([1] * (g.dim() - 1))))
+
+
 def finetune(
     model: nn.Module,
     train: Encoded,
@@ -209,6 +198,8 @@ def finetune_copies(
             break
         optimizer.zero_grad(set_to_none=True)
         sum(loss for loss, error in zip(per_copy, errors) if error is None).backward()
+        if recipe.max_grad_norm is not None:
+            clip_per_copy(params, copies, recipe.max_grad_norm)
         optimizer.step()
         schedule.step()
         if progress and step % 10 == 0:

@@ -192,6 +192,7 @@ class RankSearchEnv(gym.Env):
         score = evaluation.metric - self.lam * cost
         info = {
             "metric": evaluation.metric,
+            "split": self.evaluator.split,
             "params": evaluation.params,
             "cost": cost,
             "score": score,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from rankgym.rankmap import RankMap
+from rankgym.recipe import ALPHA_POLICY
 
 
 @dataclass
@@ -17,7 +18,7 @@ class Evaluation:
     """What one evaluation of a rank map measured.
 
     Attributes:
-        metric: validation metric (accuracy for SST-2); NaN when the evaluation failed.
+        metric: the task's metric (accuracy for SST-2) on the evaluator's split; NaN when it failed.
         params: trainable adapter parameters of the map, sum of r · (in + out).
         seconds: wall-clock seconds the evaluation took (0 for a cache hit's own lookup).
         val_loss / train_loss: mean losses, where the evaluator measures them.
@@ -80,7 +81,8 @@ class Evaluator(ABC):
     name: str = "evaluator"
     version: int = 1
     cacheable: bool = True  # False when a result depends on more than the map (warm start's history)
-    alpha_policy: dict[str, Any] = {"alpha": 8.0, "alpha_mode": "fixed", "rslora": False}
+    alpha_policy: dict[str, Any] = ALPHA_POLICY
+    split: str = "score"  # where metrics come from: "score" (held out of training), "validation" or "closed form"
 
     @property
     @abstractmethod

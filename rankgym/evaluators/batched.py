@@ -30,7 +30,7 @@ class BatchedEvaluator(FinetuneEvaluator):
     """
 
     name = "batched"
-    version = 1
+    version = 2  # 2: as finetune v2
 
     def __init__(self, *args: Any, k: int = 4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -20,8 +20,9 @@ from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
 from rankgym.lora.inject import apply_rank_map
 from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
-from rankgym.tasks import encode, load_task
-from rankgym.training import FinetuneResult, Recipe, finetune, init_adapters, training_subset
+from rankgym.tasks import encode, hold_out_score_split, load_task
+from rankgym.recipe import ALPHA_POLICY, Recipe
+from rankgym.training import FinetuneResult, finetune, init_adapters, training_subset
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -57,12 +58,16 @@ class FinetuneEvaluator(Evaluator):
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         max_rank: rank every wrapper is allocated at, so that re-ranking never reallocates.
         alpha / alpha_mode / rslora: the alpha policy of every evaluated map.
+        score_on: ``"score"`` scores maps on examples held out of the training file (what a search
+            uses, see :func:`rankgym.tasks.hold_out_score_split`); ``"validation"`` on the
+            validation split (final numbers: ``rankgym finetune`` and promotion).
+        score_examples: size of the score split (default: the validation split's, at most 1,000).
         model_name_or_path / data_dir: local copies instead of the hub.
         text_column / label_column: columns of a task given as a folder of TSV/CSV files.
     """
 
     name = "finetune"
-    version = 1
+    version = 2  # 2: score split held out of training, gradient clipping, rank-robust alpha policy
 
     def __init__(
         self,
@@ -72,9 +77,11 @@ class FinetuneEvaluator(Evaluator):
         seed: int = 0,
         device: str = "auto",
         max_rank: int = 32,
-        alpha: float = 8.0,
-        alpha_mode: str = "fixed",
-        rslora: bool = False,
+        alpha: float = ALPHA_POLICY["alpha"],
+        alpha_mode: str = ALPHA_POLICY["alpha_mode"],
+        rslora: bool = ALPHA_POLICY["rslora"],
+        score_on: str = "score",
+        score_examples: int | None = None,
         model_name_or_path: str | None = None,
         data_dir: str | None = None,
         text_column: str = "sentence",
@@ -84,14 +91,20 @@ class FinetuneEvaluator(Evaluator):
         self.spec = get_backbone(backbone)
         self.recipe, self.seed, self.max_rank, self.progress = recipe, seed, max_rank, progress
         self.device = resolve_device(device)
-        self.alpha_policy = dict(alpha=alpha, alpha_mode=alpha_mode, rslora=rslora)
+        if score_on not in ("score", "validation"):
+            raise ConfigError(f"score_on must be 'score' or 'validation', got {score_on!r}")
+        if alpha_mode not in ("fixed", "ratio"):
+            raise ConfigError(f"alpha_mode must be 'fixed' or 'ratio', got {alpha_mode!r}")
+        self.alpha_policy = dict(alpha=float(alpha), alpha_mode=alpha_mode, rslora=bool(rslora))
         self.data = load_task(task, data_dir, text_column, label_column)
         with torch.random.fork_rng(devices=[]):
             self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
         self.model.to(self.device)
-        subset = training_subset(len(self.data.train), recipe, seed)
-        self.train_set = encode(self.data.train.subset(subset), self.tokenizer, recipe.max_length)
-        self.val_set = encode(self.data.validation, self.tokenizer, recipe.max_length)
+        pool, score = hold_out_score_split(self.data, score_examples)
+        self.split, self.score_examples = score_on, len(score)
+        subset = training_subset(len(pool), recipe, seed)
+        self.train_set = encode(pool.subset(subset), self.tokenizer, recipe.max_length)
+        self.val_set = encode(score if score_on == "score" else self.data.validation, self.tokenizer, recipe.max_length)
         self.revision = _revision(self.model, backbone)
         self._modules = module_infos(self.model, self.spec)
         self.last_result: FinetuneResult | None = None  # the last evaluation's losses and step count
@@ -109,6 +122,8 @@ class FinetuneEvaluator(Evaluator):
             "budget": self.recipe.to_dict(),
             "seed": self.seed,
             "alpha_policy": self.alpha_policy,
+            "scored_on": self.split,
+            "score_examples": self.score_examples,
             "version": __version__,
         }
 

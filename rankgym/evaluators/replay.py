@@ -40,6 +40,7 @@ class ReplayEvaluator(Evaluator):
             )
         self.context, self._identity, self._modules = found[0]
         self.alpha_policy = self._identity.get("alpha_policy", Evaluator.alpha_policy)
+        self.split = self._identity.get("scored_on", "validation")  # stores before v2 scored on validation
 
     @property
     def modules(self) -> list[ModuleInfo]:

@@ -1,0 +1,85 @@
+"""Promotion: a search's answer is its top maps retrained with seeds and validated, as `rankgym finetune` would."""
+
+import json
+import sqlite3
+import statistics
+
+from click.testing import CliRunner
+
+from rankgym.cli import main
+from rankgym.promotion import candidates
+from rankgym.rankmap import RankMap
+
+TINY_FAST = ["--env", "train_examples=32", "--env", "val_examples=32", "--env", "device='cpu'"]
+
+
+def finetune_metric(tmp_path, sst2_dir, seed, *args):
+    result = CliRunner().invoke(main, ["finetune", "--backbone", "tiny", *args, "--train-examples", "64", "--seed", str(seed),
+                                       "--device", "cpu", "--data-dir", str(sst2_dir), "--out", str(tmp_path / f"ft{seed}{args[0]}"),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])["metric"]
+
+
+def stored(run):
+    return sqlite3.connect(run / "store.sqlite").execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+
+
+def test_promotion_retrains_with_the_seeds_and_matches_rankgym_finetune(tmp_path, sst2_dir):
+    run = tmp_path / "run"
+    args = ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "3", "--seed", "2", "--out", str(run),
+            "--promote", "1", "--promote-seeds", "2", "--promote-examples", "64", "--no-report", *TINY_FAST,
+            "--env", f"data_dir='{sst2_dir}'"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "promoted (2 seeds x 64 examples" in result.output and "winner" in result.output
+    summary = json.loads((run / "summary.json").read_text())
+    table = summary["promotion"]
+    assert table["seeds"] == [0, 1] and table["split"] == "validation" and table["recipe"]["train_examples"] == 64
+    labels = [row["label"] for row in table["rows"]]
+    assert labels == ["search #1", "uniform-4"]  # the best search score, then the map every episode starts from
+    for row in table["rows"]:
+        assert len(row["values"]) == 2
+        assert row["mean"] == statistics.fmean(row["values"]) and row["std"] == statistics.stdev(row["values"])
+
+    # every promoted number is what `rankgym finetune` gives for that map and seed
+    winner = next(row for row in table["rows"] if row["label"] == table["winner"])
+    best = RankMap.load(run / "best_rank_map.json")
+    assert best.ranks == winner["ranks"] and best.provenance["promoted_mean"] == winner["mean"]
+    for seed in (0, 1):
+        assert finetune_metric(tmp_path, sst2_dir, seed, "--rank-map", str(run / "best_rank_map.json")) == winner["values"][seed]
+    uniform = table["rows"][1]
+    assert finetune_metric(tmp_path, sst2_dir, 1, "--uniform", "4") == uniform["values"][1]
+    assert winner["score"] == max(row["score"] for row in table["rows"])
+
+    # resuming the finished run promotes again from the store: nothing is retrained
+    before = stored(run)
+    resumed = CliRunner().invoke(main, ["search", "--resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    assert stored(run) == before
+    assert json.loads((run / "summary.json").read_text())["promotion"]["rows"] == table["rows"]
+    report = (run / "report" / "report.md").read_text()
+    assert "## Promotion of random" in report and f"{winner['mean']:.4f} ± {winner['std']:.4f}" in report
+
+
+def test_no_promote_answers_with_the_best_search_score(tmp_path, sst2_dir):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "2", "--out", str(run),
+                                       "--no-promote", "--no-report", *TINY_FAST, "--env", f"data_dir='{sst2_dir}'"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["promotion"] is None and "promoted" not in result.output
+    assert RankMap.load(run / "best_rank_map.json").provenance["score"] == summary["best_reward"]
+
+
+def test_candidates_are_distinct_best_first_and_end_with_the_initial_map():
+    def row(score, ranks, label=None):
+        return {"score": score, "metric": score, "error": None, "label": label, "rank_map": json.dumps(ranks)}
+
+    rows = [row(0.5, {"a": 2, "b": 2}), row(0.9, {"a": 4, "b": 0}), row(0.9, {"b": 0, "a": 4}), row(0.7, {"a": 8, "b": 8}, "uniform-8"),
+            {**row(0.99, {"a": 16, "b": 16}), "error": "NaN"}]
+    chosen = candidates(rows, 2, {"a": 2, "b": 2})
+    assert [c["label"] for c in chosen] == ["search #1", "uniform-8", "uniform-2"]
+    assert chosen[-1]["search_score"] == 0.5  # the initial map's own search score, found in the log
+    again = candidates(rows, 3, {"a": 2, "b": 2})
+    assert [c["label"] for c in again] == ["search #1", "uniform-8", "search #3 (= uniform-2)"]
