@@ -7,7 +7,7 @@ overridden at ``gym.make``; unknown or bad ones fail at construction with a clea
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import gymnasium as gym
@@ -19,7 +19,7 @@ from rankgym.recipe import ALPHA_POLICY, Recipe
 
 ENTRY_POINT = "rankgym.registry:make_rank_search_env"
 VECTOR_ENTRY_POINT = "rankgym.registry:make_rank_search_vector_env"
-EVALUATORS = ("finetune", "warmstart", "batched", "fake", "replay")
+EVALUATORS = ("finetune", "warmstart", "batched", "elastic", "fake", "replay")
 
 
 @dataclass
@@ -33,7 +33,8 @@ class EnvConfig:
     ``device``, ``seed``, training budget (``train_examples``, ``batch_size``, ``lr``,
     ``max_grad_norm``, ``val_examples``, ``warm_examples``), the alpha policy (``alpha``,
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
-    training file), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers`` and
+    training file), ``elastic_examples`` and ``sandwich`` for the elastic evaluator (its one
+    training run; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers`` and
     ``fake_noise`` for the fake evaluator.
     """
 
@@ -52,6 +53,8 @@ class EnvConfig:
     alpha_mode: str = ALPHA_POLICY["alpha_mode"]
     rslora: bool = ALPHA_POLICY["rslora"]
     score_examples: int | None = None
+    elastic_examples: int = 16384
+    sandwich: bool = True
     model_name_or_path: str | None = None
     data_dir: str | None = None
     fake_layers: int = 4
@@ -144,6 +147,14 @@ def build_evaluator(config: EnvConfig, k: int = 1):
     common = dict(backbone=config.backbone, task=config.task, recipe=recipe_of(config), seed=config.seed, device=config.device,
                   max_rank=config.max_rank, score_examples=config.score_examples, model_name_or_path=config.model_name_or_path,
                   data_dir=config.data_dir, **alpha_policy_of(config))
+    if config.evaluator == "elastic":
+        from pathlib import Path
+
+        from rankgym.evaluators.elastic import ElasticEvaluator
+
+        common["recipe"] = replace(common["recipe"], train_examples=config.elastic_examples)
+        cache = Path(config.store).parent / "elastic" if config.store and config.store != ":memory:" else None
+        return ElasticEvaluator(min_rank=config.min_rank, rank_step=config.rank_step, sandwich=config.sandwich, cache_dir=cache, **common)
     if config.evaluator == "batched":
         from rankgym.evaluators.batched import BatchedEvaluator
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -139,6 +140,7 @@ def finetune(
     seed: int = 0,
     progress: bool = False,
     description: str = "finetune",
+    before_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
     """Train the model's trainable parameters with AdamW for ``recipe``'s budget, then validate.
 
@@ -146,7 +148,7 @@ def finetune(
     trained as they are (call :func:`init_adapters` first for a fresh start).
     Raises :class:`TrainingDiverged` on a NaN or infinite loss.
     """
-    result = finetune_copies(model, train, validation, pad_id, recipe, seed, progress, description, copies=1)[0]
+    result = finetune_copies(model, train, validation, pad_id, recipe, seed, progress, description, copies=1, before_step=before_step)[0]
     if result.error:
         raise TrainingDiverged(result.error)
     return result
@@ -162,6 +164,7 @@ def finetune_copies(
     progress: bool = False,
     description: str = "finetune",
     copies: int = 1,
+    before_step: Callable[[int], None] | None = None,
 ) -> list[FinetuneResult]:
     """:func:`finetune` for a model holding ``copies`` configurations (batched LoRA layers and heads).
 
@@ -169,6 +172,8 @@ def finetune_copies(
     own slice, and the sum of those losses is back-propagated, so each configuration's gradients,
     and (AdamW being elementwise) its updates, are those it would get alone. A configuration whose
     loss becomes NaN or infinite stops counting and is reported with its error.
+    ``before_step(step)`` runs before every optimizer step's forward (the elastic evaluator draws
+    its ranks there).
     """
     start = time.perf_counter()
     device = _device_of(model)
@@ -185,6 +190,8 @@ def finetune_copies(
     errors: list[str | None] = [None] * copies
     bar = tqdm(batches, desc=description, unit="batch", disable=not progress, leave=False)
     for step, idx in enumerate(bar):
+        if before_step is not None:
+            before_step(step)
         input_ids, mask = pad_batch([train.ids[i] for i in idx], pad_id, device)
         logits = _forward(model, input_ids, mask, copies)
         labels = train.labels[idx].to(device)

@@ -156,6 +156,17 @@ class LoRALayer(nn.Module):
             self.lora_B[:, rank:] = 0
         self.rank = rank
 
+    def use_prefix(self, rank: int) -> None:
+        """Use the first ``rank`` components, leaving every factor as it is (weight sharing).
+
+        Unlike :meth:`set_rank`, nothing is zeroed or rescaled: the elastic evaluator trains all
+        ``max_rank`` components as nested prefixes and switches between them at every step.
+        """
+        if not 0 <= rank <= self.max_rank:
+            raise ValueError(f"prefix rank {rank} is outside 0..max_rank={self.max_rank}")
+        self._ensure_unmerged()
+        self.rank = rank
+
     # -- maths -------------------------------------------------------------------------------
     def delta_weight(self) -> torch.Tensor:
         """The update scale · B_r A_r as an out × in matrix (what merging adds to an ``nn.Linear``)."""

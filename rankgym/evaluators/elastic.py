@@ -1,0 +1,156 @@
+"""The ``elastic`` evaluator: one weight-shared adapter trained once, every map scored by slicing it.
+
+Training: every module is wrapped at ``max_rank``; before each optimizer step every module draws
+its rank from the env's grid (min_rank, min_rank + rank_step, ..., max_rank; rank 0 turns the
+module's adapter off for the step) and uses the prefix of its factors, so the first r components
+of every module learn to work as a rank-r adapter next to any ranks of the others (the nested
+prefixes of DyLoRA, with the independent per-module draws of the neural low-rank adapter search
+in IntelLabs' SQFT / NNCF). With ``sandwich=True`` every other step uses the full rank everywhere
+(the sandwich rule of slimmable networks), which keeps the large prefixes trained. The task head
+is shared. The scale of a prefix is ``lora_scale(r)`` of the alpha policy, in training and in
+scoring alike.
+
+Scoring: each module is sliced to the map's rank and the score split is run, with no training.
+
+The trained adapter is saved (safetensors) in ``cache_dir`` under a hash of everything that decides
+it, written to a temporary file and renamed, so another process, a resumed search or a later run
+reuses it, and a file left half-written by a killed process is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rankgym.backbones import head_modules
+from rankgym.evaluators.base import Evaluation
+from rankgym.evaluators.finetune import FinetuneEvaluator
+from rankgym.lora.inject import lora_layers
+from rankgym.rankmap import RankMap
+from rankgym.training import evaluate, finetune, init_adapters
+
+log = logging.getLogger(__name__)
+
+
+class ElasticEvaluator(FinetuneEvaluator):
+    """Score rank maps by slicing one elastic adapter trained once per identity.
+
+    Args:
+        min_rank / rank_step: with ``max_rank``, the grid every module draws its rank from.
+        sandwich: every other training step at full rank on every module.
+        cache_dir: folder where the trained adapter is saved and looked for (None: kept in memory only).
+        **kwargs: as :class:`FinetuneEvaluator`; its ``recipe`` is the elastic adapter's one training run.
+    """
+
+    name = "elastic"
+    version = 1
+
+    def __init__(self, *args: Any, min_rank: int = 0, rank_step: int = 2, sandwich: bool = True,
+                 cache_dir: str | Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grid = list(range(min_rank, self.max_rank + 1, rank_step))
+        if not self.grid or self.grid[-1] != self.max_rank:
+            self.grid.append(self.max_rank)
+        self.sandwich = sandwich
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.training_seconds: float | None = None  # None until trained or loaded; 0.0 when loaded from the cache
+        self.source: str | None = None  # "trained" or "loaded"
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "evaluator": f"{self.name}-v{self.version}", "grid": self.grid, "sandwich": self.sandwich}
+
+    @property
+    def adapter_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:20]
+        return self.cache_dir / f"elastic-{self.spec.name}-{self.data.name}-{digest}.safetensors"
+
+    # -- the elastic adapter ----------------------------------------------------------------------
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        params = {}
+        for name, layer in lora_layers(self.model).items():
+            params[f"{name}.lora_A"], params[f"{name}.lora_B"] = layer.lora_A, layer.lora_B
+        for name, head in head_modules(self.model).items():
+            params.update({f"{name}.{k}": p for k, p in head.named_parameters()})
+        return params
+
+    def ensure_trained(self) -> None:
+        """Load the elastic adapter from the cache, or train it once and save it."""
+        if self.source is not None:
+            return
+        with self.private_rng():
+            self.prepare(self.template().replace({m.name: self.max_rank for m in self.modules}))
+            if self._load():
+                self.source, self.training_seconds = "loaded", 0.0
+                return
+            start = time.perf_counter()
+            init_adapters(self.model, self.seed)
+            layers = list(lora_layers(self.model).values())
+            rng = np.random.default_rng(self.seed)
+
+            def draw(step: int) -> None:
+                full = self.sandwich and step % 2 == 0
+                for layer, rank in zip(layers, rng.choice(self.grid, size=len(layers))):
+                    layer.use_prefix(self.max_rank if full else int(rank))
+
+            self.last_result = finetune(self.model, self.train_set, self.val_set.take([0]), self.tokenizer.pad_token_id,
+                                        self.recipe, self.seed, progress=self.progress, description="elastic adapter",
+                                        before_step=draw)
+            self.training_seconds = time.perf_counter() - start
+            self.source = "trained"
+            self._save()
+
+    def _load(self) -> bool:
+        path = self.adapter_path
+        if path is None or not path.is_file():
+            return False
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            log.warning("ignoring unreadable elastic adapter %s (%s); training a new one", path, err)
+            return False
+        params = self._trainable()
+        if set(tensors) != set(params) or any(tensors[k].shape != p.shape for k, p in params.items()):
+            log.warning("ignoring elastic adapter %s: its tensors do not fit this model; training a new one", path)
+            return False
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors[k])
+        return True
+
+    def _save(self) -> None:
+        path = self.adapter_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        save_file({k: p.detach().contiguous().cpu() for k, p in self._trainable().items()}, str(tmp),
+                  metadata={"identity": json.dumps(self.identity(), sort_keys=True)})
+        os.replace(tmp, path)  # atomic: readers see the old state or the whole file, never a part
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def slice_to(self, rank_map: RankMap) -> None:
+        """Use each module's first ``rank`` components (modules the map does not name: rank 0)."""
+        for name, layer in lora_layers(self.model).items():
+            layer.use_prefix(int(rank_map.ranks.get(name, 0)))
+
+    def evaluate(self, rank_map: RankMap) -> Evaluation:
+        self.ensure_trained()
+        if max(rank_map.ranks.values(), default=0) > self.max_rank:
+            raise ValueError(f"the elastic adapter holds ranks up to {self.max_rank}; this map asks for {max(rank_map.ranks.values())}")
+        start = time.perf_counter()
+        self.slice_to(rank_map)
+        metric, loss = evaluate(self.model, self.val_set, self.tokenizer.pad_token_id, self.recipe.eval_batch_size, self.recipe.val_examples)
+        return Evaluation(metric=metric, params=self.trainable_params(rank_map), seconds=time.perf_counter() - start,
+                          val_loss=loss, device=str(self.device))

@@ -1,0 +1,129 @@
+"""The elastic evaluator: one adapter trained once, maps scored by slicing it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+import torch
+from peft import get_peft_model
+
+import rankgym  # noqa: F401  (registers the ids)
+from rankgym.backbones import load_backbone
+from rankgym.evaluators.elastic import ElasticEvaluator
+from rankgym.lora.inject import lora_layers
+from rankgym.training import Recipe, evaluate
+
+RECIPE = Recipe(train_examples=64, batch_size=16, val_examples=48)
+
+
+def elastic(sst2_dir, cache_dir=None, **kwargs):
+    return ElasticEvaluator("tiny", "sst2", RECIPE, seed=3, device="cpu", max_rank=8, data_dir=str(sst2_dir), cache_dir=cache_dir,
+                            **kwargs)
+
+
+def varied(evaluator):
+    return evaluator.template().replace({m.name: [0, 2, 8, 4, 6, 2, 0, 8][i] for i, m in enumerate(evaluator.modules)})
+
+
+def test_a_sliced_elastic_adapter_is_the_peft_model_holding_those_factors(sst2_dir):
+    evaluator = elastic(sst2_dir)
+    rank_map = varied(evaluator)
+    evaluation = evaluator.evaluate(rank_map)
+    assert evaluator.source == "trained" and evaluator.training_seconds > 0
+    layers = lora_layers(evaluator.model)
+    assert all(layer.lora_B.abs().sum() > 0 for layer in layers.values())  # every module's prefix trained
+
+    fresh, _ = load_backbone("tiny", None, 2, 3)
+    theirs = get_peft_model(fresh, rank_map.to_peft_config(fan_in_fan_out=True))
+    with torch.no_grad():
+        for name, layer in layers.items():
+            r = rank_map.ranks[name]
+            target = theirs.get_submodule("base_model.model." + name)
+            torch.testing.assert_close(getattr(target, "base_layer", target).weight, layer.base.weight)  # same frozen base
+            if r:
+                target.lora_A["default"].weight.copy_(layer.lora_A[:r])
+                target.lora_B["default"].weight.copy_(layer.lora_B[:, :r])
+        theirs.base_model.model.score.weight.copy_(evaluator.model.score.weight)
+    ids = torch.randint(1, 200, (4, 11), generator=torch.Generator().manual_seed(0))
+    evaluator.slice_to(rank_map)
+    torch.testing.assert_close(evaluator.model(input_ids=ids).logits, theirs(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    # and its score is that PEFT model's accuracy on the score split
+    accuracy, _ = evaluate(theirs, evaluator.val_set, evaluator.tokenizer.pad_token_id, limit=RECIPE.val_examples)
+    assert evaluation.metric == accuracy
+
+    other = evaluator.template().replace({m.name: 2 for m in evaluator.modules})
+    assert evaluator.evaluate(other).metric != evaluation.metric or evaluator.evaluate(other).val_loss != evaluation.val_loss
+
+
+SECOND_PROCESS = """
+import json, sys
+from rankgym.evaluators.elastic import ElasticEvaluator
+from rankgym.training import Recipe
+e = ElasticEvaluator("tiny", "sst2", Recipe(train_examples=64, batch_size=16, val_examples=48), seed=3, device="cpu", max_rank=8,
+                     data_dir=sys.argv[1], cache_dir=sys.argv[2])
+m = e.template().replace({m.name: [0, 2, 8, 4, 6, 2, 0, 8][i] for i, m in enumerate(e.modules)})
+print(json.dumps({"metric": e.evaluate(m).metric, "source": e.source}))
+"""
+
+
+def test_a_saved_adapter_is_reused_by_a_second_process_without_training(sst2_dir, tmp_path):
+    first = elastic(sst2_dir, tmp_path)
+    metric = first.evaluate(varied(first)).metric
+    assert first.source == "trained" and first.adapter_path.is_file()
+    assert not list(tmp_path.glob("*.tmp-*"))
+    out = subprocess.run([sys.executable, "-c", SECOND_PROCESS, str(sst2_dir), str(tmp_path)], check=True, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ)).stdout
+    second = json.loads(out.strip().splitlines()[-1])
+    assert second == {"metric": metric, "source": "loaded"}
+    other_seed = ElasticEvaluator("tiny", "sst2", RECIPE, seed=4, device="cpu", max_rank=8, data_dir=str(sst2_dir), cache_dir=tmp_path)
+    assert other_seed.adapter_path != first.adapter_path  # another identity, another adapter
+
+
+def test_a_half_written_adapter_is_never_loaded(sst2_dir, tmp_path):
+    first = elastic(sst2_dir, tmp_path)
+    path = first.adapter_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"dtype\"")  # what a killed writer would leave
+    assert first.evaluate(varied(first)).ok and first.source == "trained"
+    reference = path.read_bytes()
+    truncated = elastic(sst2_dir, tmp_path)
+    path.write_bytes(reference[: len(reference) // 2])
+    truncated.evaluate(varied(truncated))
+    assert truncated.source == "trained"  # the half file was ignored, and replaced by a whole one
+    assert elastic(sst2_dir, tmp_path).evaluate(varied(first)).ok
+
+
+def test_the_elastic_env_answers_from_its_store_and_every_agent_can_use_it(sst2_dir, tmp_path):
+    store = tmp_path / "run" / "store.sqlite"
+    env = gym.make("RankSearch-tiny-sst2-v0", evaluator="elastic", elastic_examples=64, val_examples=48, device="cpu",
+                   data_dir=str(sst2_dir), store=str(store)).unwrapped
+    _, info = env.reset(seed=0)
+    assert info["split"] == "score" and not info["cache_hit"]
+    assert (tmp_path / "run" / "elastic").is_dir() and env.evaluator.identity()["evaluator"] == "elastic-v1"
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["seconds"] < 30 and info["error"] is None
+    env.close()
+    again = gym.make("RankSearch-tiny-sst2-v0", evaluator="elastic", elastic_examples=64, val_examples=48, device="cpu",
+                     data_dir=str(sst2_dir), store=str(store)).unwrapped
+    _, info = again.reset(seed=0)
+    assert info["cache_hit"]
+
+    from click.testing import CliRunner
+
+    from rankgym.cli import main
+
+    run = tmp_path / "random"
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "6", "--out", str(run),
+                                       "--no-promote", "--no-report", "--env", "evaluator='elastic'", "--env", "elastic_examples=64",
+                                       "--env", "val_examples=48", "--env", "device='cpu'", "--env", f"data_dir='{sst2_dir}'"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "summary.json").read_text())["evaluations"] == 6
+
+
+def test_maps_above_the_elastic_max_rank_are_refused(sst2_dir):
+    evaluator = elastic(sst2_dir)
+    with pytest.raises(ValueError, match="holds ranks up to 8"):
+        evaluator.evaluate(evaluator.template().replace({m.name: 16 for m in evaluator.modules}))
