@@ -18,11 +18,12 @@ $(BIN)/.installed: pyproject.toml
 .PHONY: setup run test test-slow
 setup: $(BIN)/.installed
 
-# A real search on the offline MiniLM backbone, about ten minutes on 2 CPU cores: PPO over 24
-# fine-tunes of 1,024 SST-2 examples each (validated on all 872), starting from uniform rank 8.
-# (512 examples are too few: MiniLM stays at the majority class.)
+# A real search on the offline MiniLM backbone, about a quarter of an hour on 2 CPU cores: PPO over
+# 24 fine-tunes of 1,024 SST-2 examples each (scored on 872 examples held out of training),
+# starting from uniform rank 8; then promotion: the best map and uniform rank 8 retrained with the
+# full recipe (8,192 examples) with 3 seeds each, validated on the validation split.
 run: setup
-	$(BIN)/rankgym search RankSearch-minilm-sst2-v0 --agent ppo --budget 24 --env device=cpu
+	$(BIN)/rankgym search RankSearch-minilm-sst2-v0 --agent ppo --budget 24 --promote 1 --env device=cpu
 
 test: setup
 	$(BIN)/pytest -q

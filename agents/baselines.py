@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rankgym.evaluators.base import adapter_params
 from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli
 from rankgym.strategies import baseline_maps
 
@@ -26,7 +27,7 @@ class Args(SearchArgs):
 def run(args: Args) -> dict[str, Any]:
     started = time.time()
     run_dir, env, log, progress = open_search(args, args.family)
-    budget_params = int(env.initial @ [m.in_features + m.out_features for m in env.modules])
+    budget_params = adapter_params(env.modules, env.initial)
     for label, ranks in baseline_maps(env.modules, args.family, budget_params)[: args.budget]:
         evaluate_ranks(env, log, progress, ranks, label)
     return finish_search(run_dir, env, started, progress, args)

@@ -1,23 +1,24 @@
 """How far can a cheap score be trusted? Cheap scores against full fine-tunes on a fixed map list.
 
     python benchmarks/fidelity.py                                   # MiniLM x SST-2, env budget vs 8,192 examples
-    python benchmarks/fidelity.py --budget 1024 --budget 2048 --seeds 0 1 2 --workers 2
-    python benchmarks/fidelity.py --maps uniform-2 uniform-8 --no-full --lr 1e-3 --alpha-mode ratio --alpha 1
+    python benchmarks/fidelity.py --budget 1024 --budget 2048 --elastic 16384 --workers 2 --threads 1
+    python benchmarks/fidelity.py --maps uniform-2 uniform-8 --no-full --lr 1e-3      # a recipe sweep
 
-Every map of :func:`fidelity_maps` is scored by the ``finetune`` evaluator at each cheap budget on
-the score split (held out of training, as a search scores) and by a full fine-tune validated on
-the validation split (as promotion reports), each with every seed. It prints, per budget, Kendall's
-tau and Spearman's rho between the cheap score (the mean over seeds, and single seeds) and the full
-fine-tunes' mean, the seed-to-seed standard deviation and the seconds per evaluation, then plots
-cheap against full. Every evaluation goes to a store (``--store``), so a killed run resumes and a
-rerun with more seeds or budgets only trains what is new.
+Every map of :func:`fidelity_maps` is scored by each cheap scorer on the score split (held out of
+training, as a search scores): the ``finetune`` evaluator at each ``--budget``, and the ``elastic``
+evaluator trained once on ``--elastic`` examples per seed. The reference is a full fine-tune
+validated on the validation split (as promotion reports). Every scorer and the reference run with
+every seed. It prints, per scorer, Kendall's tau and Spearman's rho between the cheap score (the
+mean over seeds, and single seeds) and the reference mean, the seed-to-seed standard deviation and
+the seconds per evaluation, then plots cheap against full. Every evaluation goes to a store
+(``--store``), and elastic adapters are saved beside it, so a killed run resumes and a rerun with
+more seeds or scorers only computes what is new.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 COLLAPSE_MARGIN = 0.01  # a score within a point of always answering the majority class is a collapse
+MAX_RANK = 16  # the env's max_rank: every map of the list fits the elastic adapter
 
 
 def fidelity_maps(modules, seed: int = 0) -> list[tuple[str, list[int]]]:
@@ -37,9 +39,10 @@ def fidelity_maps(modules, seed: int = 0) -> list[tuple[str, list[int]]]:
     kind = lambda kinds, r: [r if m.kind in kinds else 0 for m in modules]  # noqa: E731
     blocks = lambda lo, hi, r: [r if lo <= m.layer < hi else 0 for m in modules]  # noqa: E731
     rng = np.random.default_rng(seed)
-    grid = np.arange(0, 17, 2)
+    grid = np.arange(0, MAX_RANK + 1, 2)
     maps = [(f"uniform-{r}", uniform_ranks(modules, r)) for r in (2, 4, 8, 16)]
-    maps += [(f"preset-{level}", preset_ranks(modules, level)) for level in ("low", "medium")]
+    maps += [("preset-low", preset_ranks(modules, "low")),
+             ("preset-medium-16", [min(r, MAX_RANK) for r in preset_ranks(modules, "medium")])]
     maps += [
         ("qv-8", kind({"query", "value", "qkv"}, 8)),
         ("qv-16", kind({"query", "value", "qkv"}, 16)),
@@ -56,13 +59,12 @@ def fidelity_maps(modules, seed: int = 0) -> list[tuple[str, list[int]]]:
 
 @dataclass(frozen=True)
 class Job:
-    """One evaluator (a budget and a seed) and the maps it scores."""
+    """One evaluator (a scorer and a seed) and the maps it scores."""
 
+    scorer: str  # "score@N" (finetune), "elastic@N" or "validation@N" (the reference)
     backbone: str
     task: str
-    train_examples: int
     seed: int
-    score_on: str
     lr: float
     alpha: float
     alpha_mode: str
@@ -72,19 +74,29 @@ class Job:
     maps: tuple[tuple[str, tuple[int, ...]], ...]
     threads: int
 
+    @property
+    def examples(self) -> int:
+        return int(self.scorer.split("@")[1])
+
 
 def run_job(job: Job) -> list[dict]:
     """Score ``job.maps`` with one resident evaluator, answering from the store where possible."""
     import torch
 
+    from rankgym.evaluators.elastic import ElasticEvaluator
     from rankgym.evaluators.finetune import FinetuneEvaluator
     from rankgym.store import EvaluationStore
     from rankgym.training import Recipe
 
     torch.set_num_threads(job.threads)
-    recipe = Recipe(train_examples=job.train_examples, lr=job.lr, max_grad_norm=job.max_grad_norm)
-    evaluator = FinetuneEvaluator(job.backbone, job.task, recipe, job.seed, "cpu", max_rank=64, alpha=job.alpha,
-                                  alpha_mode=job.alpha_mode, rslora=job.rslora, score_on=job.score_on)
+    # cheap fine-tunes train at the env's rate; the reference and the elastic adapter are long runs (the full recipe's rate)
+    lr = job.lr if job.scorer.startswith("score") else Recipe.lr
+    recipe = Recipe(train_examples=job.examples, lr=lr, max_grad_norm=job.max_grad_norm)
+    common = dict(device="cpu", max_rank=MAX_RANK, alpha=job.alpha, alpha_mode=job.alpha_mode, rslora=job.rslora)
+    if job.scorer.startswith("elastic"):
+        evaluator = ElasticEvaluator(job.backbone, job.task, recipe, job.seed, cache_dir=Path(job.store).parent / "elastic", **common)
+    else:
+        evaluator = FinetuneEvaluator(job.backbone, job.task, recipe, job.seed, score_on=job.scorer.split("@")[0], **common)
     store = EvaluationStore(job.store)
     context = store.register(evaluator.identity(), evaluator.modules)
     template = evaluator.template()
@@ -97,73 +109,67 @@ def run_job(job: Job) -> list[dict]:
         if evaluation is None:
             evaluation = evaluator.evaluate(rank_map)
             store.put(context, rank_map, evaluation)
-        rows.append(dict(map=label, examples=job.train_examples, seed=job.seed, split=job.score_on, metric=evaluation.metric,
-                         seconds=evaluation.seconds, params=evaluation.params, majority=majority,
-                         cache_hit=evaluation.cache_hit))
-        print(f"  {label:20s} {job.train_examples:5d} ex seed {job.seed} on {job.score_on:10s} {evaluation.metric:.4f}"
+        rows.append(dict(map=label, scorer=job.scorer, seed=job.seed, metric=evaluation.metric, seconds=evaluation.seconds,
+                         params=evaluation.params, majority=majority, training_seconds=getattr(evaluator, "training_seconds", None)))
+        print(f"  {label:20s} {job.scorer:16s} seed {job.seed} {evaluation.metric:.4f}"
               f"{' (stored)' if evaluation.cache_hit else f' {evaluation.seconds:.1f} s'}", flush=True)
     return rows
 
 
-def summarise(rows: list[dict], budgets: list[int], full: int | None, seeds: list[int]) -> dict:
-    """Per-map means and spreads, and tau / rho of each cheap budget against the full fine-tune."""
+def summarise(rows: list[dict], scorers: list[str], reference: str | None) -> dict:
+    """Per-map means and spreads, and tau / rho of each cheap scorer against the reference."""
     from scipy.stats import kendalltau, spearmanr
-
-    def values(label, examples, split):
-        return [r["metric"] for r in rows if r["map"] == label and r["examples"] == examples and r["split"] == split]
 
     labels = list(dict.fromkeys(r["map"] for r in rows))
     table = {}
     for label in labels:
         entry = {}
-        for examples, split in [(b, "score") for b in budgets] + ([(full, "validation")] if full else []):
-            v = values(label, examples, split)
-            entry[f"{split}@{examples}"] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
+        for scorer in scorers + ([reference] if reference else []):
+            v = [r["metric"] for r in rows if r["map"] == label and r["scorer"] == scorer]
+            entry[scorer] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
         table[label] = entry
-    out = {"maps": table, "budgets": {}}
     collapses = [r for r in rows if r["metric"] <= r["majority"] + COLLAPSE_MARGIN]
-    out["collapses"] = [f"{r['map']} {r['examples']} ex seed {r['seed']}: {r['metric']:.3f}" for r in collapses]
-    for b in budgets:
-        key = f"score@{b}"
+    out = {"maps": table, "scorers": {},
+           "collapses": [f"{r['map']} {r['scorer']} seed {r['seed']}: {r['metric']:.3f}" for r in collapses]}
+    for scorer in scorers + ([reference] if reference else []):
+        mine = [r for r in rows if r["scorer"] == scorer]
         stats = {
-            "seconds_per_evaluation": statistics.fmean(r["seconds"] for r in rows if r["examples"] == b and r["split"] == "score"),
-            "seed_std_mean": statistics.fmean(table[m][key]["std"] for m in labels),
-            "seed_std_uniform_max": max(table[m][key]["std"] for m in labels if m.startswith("uniform")),
+            "seconds_per_evaluation": statistics.fmean(r["seconds"] for r in mine),
+            "seed_std_mean": statistics.fmean(table[m][scorer]["std"] for m in labels),
+            "seed_std_uniform_max": max(table[m][scorer]["std"] for m in labels if m.startswith("uniform")),
         }
-        if full:
-            reference = [table[m][f"validation@{full}"]["mean"] for m in labels]
-            cheap = [table[m][key]["mean"] for m in labels]
-            stats["tau_mean"] = float(kendalltau(cheap, reference).statistic)
-            stats["rho_mean"] = float(spearmanr(cheap, reference).statistic)
-            stats["tau_single_seeds"] = [float(kendalltau([table[m][key]["values"][i] for m in labels], reference).statistic)
-                                         for i in range(len(seeds))]
-        out["budgets"][b] = stats
-    if full:
-        out["full"] = {
-            "examples": full,
-            "seconds_per_evaluation": statistics.fmean(r["seconds"] for r in rows if r["split"] == "validation"),
-            "seed_std_mean": statistics.fmean(table[m][f"validation@{full}"]["std"] for m in labels),
-        }
+        training = {r["seed"]: r["training_seconds"] for r in mine if r["training_seconds"]}
+        if training:
+            stats["training_seconds"] = training
+        if reference and scorer != reference:
+            target = [table[m][reference]["mean"] for m in labels]
+            cheap = [table[m][scorer]["mean"] for m in labels]
+            stats["tau_mean"] = float(kendalltau(cheap, target).statistic)
+            stats["rho_mean"] = float(spearmanr(cheap, target).statistic)
+            seeds = len(table[labels[0]][scorer]["values"])
+            stats["tau_single_seeds"] = [float(kendalltau([table[m][scorer]["values"][i] for m in labels], target).statistic)
+                                         for i in range(seeds)]
+        out["scorers"][scorer] = stats
     return out
 
 
-def plot(summary: dict, full: int, path: Path) -> None:
+def plot(summary: dict, scorers: list[str], reference: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budgets = list(summary["budgets"])
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets), 4.5), squeeze=False)
-    for ax, b in zip(axes[0], budgets):
+    fig, axes = plt.subplots(1, len(scorers), figsize=(5 * len(scorers), 4.5), squeeze=False)
+    for ax, scorer in zip(axes[0], scorers):
         for label, entry in summary["maps"].items():
-            x, y = entry[f"score@{b}"], entry[f"validation@{full}"]
+            x, y = entry[scorer], entry[reference]
             ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", ms=4, capsize=2)
             ax.annotate(label, (x["mean"], y["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        stats = summary["budgets"][b]
-        ax.set_title(f"{b} examples: tau {stats['tau_mean']:.2f}, rho {stats['rho_mean']:.2f}")
-        ax.set_xlabel("cheap score (score split), mean ± std over seeds")
-        ax.set_ylabel(f"full fine-tune ({full} examples), validation")
+        stats = summary["scorers"][scorer]
+        ax.set_title(f"{scorer} ({stats['seconds_per_evaluation']:.1f} s): tau {stats['tau_mean']:.2f}, rho {stats['rho_mean']:.2f}",
+                     fontsize=9)
+        ax.set_xlabel("cheap score on the score split (mean ± std over seeds)")
+        ax.set_ylabel(f"full fine-tune ({reference}), mean ± std")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -174,30 +180,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="minilm")
     parser.add_argument("--task", default="sst2")
-    parser.add_argument("--budget", type=int, action="append", help="cheap training examples (repeatable; default the env's)")
+    parser.add_argument("--budget", type=int, action="append", help="finetune training examples (repeatable; default the env's)")
+    parser.add_argument("--elastic", type=int, action="append", default=[], help="elastic adapter training examples (repeatable)")
+    parser.add_argument("--elastic-seeds", type=int, nargs="+", default=[0, 1], help="seeds of the elastic adapters")
     parser.add_argument("--full", type=int, default=8192, help="training examples of the reference fine-tune")
     parser.add_argument("--no-full", action="store_true", help="cheap scores only (a recipe sweep)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--maps", nargs="+", help="only these labels of the fixed list")
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr", type=float, help="learning rate of the cheap fine-tunes (default: the env's)")
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--alpha-mode", choices=("fixed", "ratio"))
     parser.add_argument("--rslora", type=int, choices=(0, 1))
     parser.add_argument("--max-grad-norm", type=float, help="0 turns clipping off")
     parser.add_argument("--workers", type=int, default=1, help="processes (each with --threads torch threads)")
-    parser.add_argument("--chunk", type=int, default=4, help="maps per job (one model load each)")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
+    parser.add_argument("--chunk", type=int, default=4, help="maps per finetune job (one model load each)")
     parser.add_argument("--store", default="runs/fidelity/store.sqlite")
     parser.add_argument("--out", default="runs/fidelity")
     args = parser.parse_args()
 
     import rankgym  # noqa: F401
     from rankgym.backbones import get_backbone, load_backbone, module_infos
-    from rankgym.registry import BACKBONE_DEFAULTS, EnvConfig
     from rankgym.recipe import ALPHA_POLICY, Recipe
+    from rankgym.registry import BACKBONE_DEFAULTS, EnvConfig
 
     defaults = {**EnvConfig().to_dict(), **BACKBONE_DEFAULTS.get(args.backbone, {})}
-    budgets = args.budget or [defaults["train_examples"]]
+    budgets = args.budget if args.budget is not None else ([] if args.elastic else [defaults["train_examples"]])
     recipe = dict(
         lr=args.lr or defaults["lr"],
         alpha=args.alpha if args.alpha is not None else ALPHA_POLICY["alpha"],
@@ -213,14 +221,16 @@ def main() -> None:
             parser.error(f"unknown map labels {sorted(unknown)}; the list has {[label for label, _ in maps]}")
         maps = [(label, ranks) for label, ranks in maps if label in args.maps]
     del model
-    full = None if args.no_full else args.full
+    reference = None if args.no_full else f"validation@{args.full}"
+    scorers = [f"score@{b}" for b in budgets] + [f"elastic@{e}" for e in args.elastic]
     Path(args.store).parent.mkdir(parents=True, exist_ok=True)
     frozen = tuple((label, tuple(ranks)) for label, ranks in maps)
-    # jobs of a few maps each keep the workers evenly busy; the long full fine-tunes go first
+    # finetune jobs of a few maps each keep the workers evenly busy; the long full fine-tunes go first
     chunks = [frozen[i : i + args.chunk] for i in range(0, len(frozen), args.chunk)]
-    base = Job(args.backbone, args.task, 0, 0, "score", store=args.store, maps=(), threads=args.threads, **recipe)
-    jobs = [replace(base, train_examples=full, seed=s, score_on="validation", maps=c) for s in args.seeds for c in chunks] if full else []
-    jobs += [replace(base, train_examples=b, seed=s, maps=c) for b in budgets for s in args.seeds for c in chunks]
+    base = Job("", args.backbone, args.task, 0, store=args.store, maps=(), threads=args.threads, **recipe)
+    jobs = [replace(base, scorer=reference, seed=s, maps=c) for s in args.seeds for c in chunks] if reference else []
+    jobs += [replace(base, scorer=f"elastic@{e}", seed=s, maps=frozen) for e in args.elastic for s in args.elastic_seeds]
+    jobs += [replace(base, scorer=f"score@{b}", seed=s, maps=c) for b in budgets for s in args.seeds for c in chunks]
     print(f"{len(maps)} maps in {len(jobs)} jobs; recipe {recipe}", flush=True)
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
@@ -228,27 +238,28 @@ def main() -> None:
     else:
         rows = [row for job in jobs for row in run_job(job)]
 
-    summary = summarise(rows, budgets, full, args.seeds)
+    summary = summarise(rows, scorers, reference)
     summary["recipe"] = recipe
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    header = f"{'map':20s} " + " ".join(f"{k:>16s}" for k in next(iter(summary['maps'].values())))
-    print("\n" + header)
+    columns = scorers + ([reference] if reference else [])
+    print(f"\n{'map':20s} " + " ".join(f"{c:>16s}" for c in columns))
     for label, entry in summary["maps"].items():
-        print(f"{label:20s} " + " ".join(f"{v['mean']:.3f} ± {v['std']:.3f}".rjust(16) for v in entry.values()))
-    for b, stats in summary["budgets"].items():
-        line = f"\n{b} examples: {stats['seconds_per_evaluation']:.1f} s per evaluation, seed std {stats['seed_std_mean']:.3f} " \
+        print(f"{label:20s} " + " ".join(f"{entry[c]['mean']:.3f} ± {entry[c]['std']:.3f}".rjust(16) for c in columns))
+    for scorer, stats in summary["scorers"].items():
+        line = f"\n{scorer}: {stats['seconds_per_evaluation']:.1f} s per evaluation, seed std {stats['seed_std_mean']:.3f} " \
                f"(uniform maps at most {stats['seed_std_uniform_max']:.3f})"
-        if full:
+        if "training_seconds" in stats:
+            line += f", trained once in {', '.join(f'{s:.0f} s' for s in stats['training_seconds'].values())}"
+        if "tau_mean" in stats:
             line += f"; tau {stats['tau_mean']:.2f} (single seeds {', '.join(f'{t:.2f}' for t in stats['tau_single_seeds'])}), " \
-                    f"rho {stats['rho_mean']:.2f} against the {full}-example mean"
+                    f"rho {stats['rho_mean']:.2f} against the {reference} mean"
         print(line)
-    if full:
-        print(f"full fine-tune: {summary['full']['seconds_per_evaluation']:.1f} s per evaluation, seed std {summary['full']['seed_std_mean']:.3f}")
-        plot(summary, full, out / "fidelity.png")
+    if reference and scorers:
+        plot(summary, scorers, reference, out / "fidelity.png")
     print(f"collapses (within {COLLAPSE_MARGIN:.0%} of the majority class): {summary['collapses'] or 'none'}")
-    (out / "fidelity.json").write_text(json.dumps(summary, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
-    print(f"wrote {out / 'fidelity.json'}" + (f" and {out / 'fidelity.png'}" if full else ""))
+    (out / "fidelity.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out / 'fidelity.json'}" + (f" and {out / 'fidelity.png'}" if reference and scorers else ""))
 
 
 if __name__ == "__main__":

@@ -36,14 +36,15 @@ def main() -> None:
                 results[agent].append(summary["best_reward"])
                 print(f"seed {seed} {agent:6s} best reward {summary['best_reward']:.4f} ({summary['seconds']:.0f} s)", flush=True)
 
-    env = gym.make(ENV_ID).unwrapped
-    choices = list(range(env.min_rank, env.max_rank + 1, env.rank_step))
-    _, optimum = env.evaluator.optimum(env.lam, choices, env.reference_params)
-    uniform = env.evaluator.metric_of(env.initial) - env.lam * env.cost(env.initial)
     print(f"\nbudget {args.budget} evaluations, seeds {args.seeds}")
     for agent, values in results.items():
         print(f"{agent:6s} median best reward {statistics.median(values):.4f}  (all: {', '.join(f'{v:.4f}' for v in values)})")
-    print(f"start (uniform rank {env.initial[0]}) {uniform:.4f}   exact optimum {optimum:.4f}")
+    for seed in args.seeds:  # each seed draws its own landscape
+        env = gym.make(ENV_ID, seed=seed).unwrapped
+        choices = list(range(env.min_rank, env.max_rank + 1, env.rank_step))
+        _, optimum = env.evaluator.optimum(env.lam, choices, env.reference_params)
+        uniform = env.evaluator.metric_of(env.initial) - env.lam * env.cost(env.initial)
+        print(f"seed {seed}: start (uniform rank {env.initial[0]}) {uniform:.4f}   exact optimum {optimum:.4f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,10 +27,6 @@ def user_errors():
         yield
     except RankgymError as err:
         raise click.ClickException(str(err)) from None
-
-
-def default_out(*parts: str) -> Path:
-    return Path("runs") / ("__".join(parts + (time.strftime("%Y%m%d-%H%M%S"),)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,7 +88,9 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
                    f"{evaluator.trainable_params(rank_map):,} adapter parameters, {recipe.train_examples} examples, "
                    f"device {evaluator.device}", err=as_json)
         result = evaluator.evaluate(rank_map)
-    out_dir = Path(out) if out else default_out("finetune", backbone, evaluator.data.name)
+    from rankgym.run import run_folder
+
+    out_dir = Path(out) if out else run_folder("finetune", backbone, evaluator.data.name)
     rank_map.provenance.update(backbone=backbone, task=evaluator.data.name, metric=evaluator.data.metric, value=result.metric, seed=seed)
     save_adapter(evaluator.model, out_dir, rank_map)
     summary = {"metric": result.metric, "trainable_params": result.params, "seconds": round(result.seconds, 2), "out": str(out_dir)}
@@ -137,7 +134,7 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue a killed run from its folder.")
 @click.option("--env", "env_options", multiple=True, metavar="KEY=VALUE", help="gym.make override (repeatable), e.g. --env lam=0.2.")
 @click.option("--set", "hp_options", multiple=True, metavar="KEY=VALUE", help="PPO hyperparameter override (repeatable).")
-@click.option("--n-envs", type=int, default=1, show_default=True, help="PPO: parallel environments (spawned processes).")
+@click.option("--n-envs", type=int, default=1, show_default=True, help="PPO: parallel environments (on one device their maps train together; with several --devices, one spawned process each).")
 @click.option("--devices", multiple=True, help="PPO: one device per worker, cycled (repeatable).")
 @click.option("--promote", type=int, default=3, show_default=True, help="Top maps retrained with the full recipe at the end.")
 @click.option("--promote-seeds", type=int, default=3, show_default=True, help="Seeds of every promotion retrain.")
@@ -226,8 +223,10 @@ def report(run_dirs, out) -> None:
     """Plot and tabulate one or more search runs (PNG plots, report.md, report.html)."""
     from rankgym.report import write_report
 
+    from rankgym.run import run_folder
+
     with user_errors():
-        folder = write_report(list(run_dirs), out or (Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else default_out("report")))
+        folder = write_report(list(run_dirs), out or (Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else run_folder("report")))
     click.echo(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
 
 
@@ -239,10 +238,11 @@ def analyze(backbone, model_name_or_path, out) -> None:
     """Singular-value spectra of the adapted weights and their 80/90/95 % ranks (plots and JSON)."""
     from rankgym.backbones import get_backbone, load_backbone, module_infos
     from rankgym.report import analyze_backbone
+    from rankgym.run import run_folder
 
     with user_errors():
         model, _ = load_backbone(backbone, model_name_or_path)
-        table = analyze_backbone(module_infos(model, get_backbone(backbone)), out_dir := Path(out or default_out("analyze", backbone)))
+        table = analyze_backbone(module_infos(model, get_backbone(backbone)), out_dir := Path(out or run_folder("analyze", backbone)))
     for name, row in list(table.items())[:6]:
         click.echo(f"{name:50s} {row['kind']:9s} r80={row['r80']:4d} r90={row['r90']:4d} r95={row['r95']:4d}")
     click.echo(f"... {len(table)} modules; wrote {out_dir / 'spectral_ranks.json'} and {out_dir / 'spectra.png'}")

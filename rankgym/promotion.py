@@ -2,8 +2,8 @@
 
 A search ranks maps by a cheap score on examples held out of training; the best of many noisy
 scores flatters its winner. So the top ``top_k`` distinct maps by search score, and the map every
-episode starts from (uniform at the env's initial rank), are retrained with the full recipe (the
-env's recipe at ``examples`` training examples, ``rankgym finetune``'s defaults) with seeds
+episode starts from (uniform at the env's initial rank), are retrained with the full recipe
+(``rankgym finetune``'s defaults at ``examples`` training examples, the env's alpha policy) with seeds
 0 .. ``seeds`` - 1 and validated on the validation split, which the search never read. The winner
 is the best promoted map by mean validation score (metric - lam * cost, as the search scored).
 Each retrain is a stored evaluation, so a killed promotion resumes without retraining.
@@ -74,8 +74,10 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     """
     import gymnasium as gym
 
+    from rankgym.evaluators.base import adapter_params
     from rankgym.evaluators.finetune import FinetuneEvaluator
-    from rankgym.registry import EnvConfig, alpha_policy_of, recipe_of
+    from rankgym.recipe import Recipe
+    from rankgym.registry import EnvConfig, alpha_policy_of
     from rankgym.store import EvaluationStore
 
     spec_kwargs = {k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"}
@@ -87,8 +89,8 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     names = [m.name for m in modules]
     initial = config.initial_map or {n: config.initial_rank for n in names}
     chosen = candidates(rows, promotion.top_k, {n: int(initial.get(n, 0)) for n in names})
-    recipe = recipe_of(config, promotion.examples)
-    reference = config.max_rank * sum(m.in_features + m.out_features for m in modules)
+    recipe = Recipe(train_examples=promotion.examples)  # the full recipe: what `rankgym finetune` trains
+    reference = adapter_params(modules, [config.max_rank] * len(modules))
     bar = tqdm(total=len(chosen) * promotion.seeds, desc="promotion", unit="retrain", disable=not progress)
     values: list[list[float]] = [[] for _ in chosen]
     errors: list[list[str]] = [[] for _ in chosen]
@@ -119,7 +121,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     table = []
     for candidate, vals, errs in zip(chosen, values, errors):
         finite = [v for v in vals if math.isfinite(v)]
-        params = sum(r * (m.in_features + m.out_features) for r, m in zip((candidate["ranks"].get(n, 0) for n in names), modules))
+        params = adapter_params(modules, candidate["ranks"])
         mean = statistics.fmean(finite) if finite else math.nan
         table.append({**candidate, "params": params, "values": vals, "mean": mean,
                       "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,

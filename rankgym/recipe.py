@@ -17,6 +17,10 @@ ALPHA_POLICY = {"alpha": 4.0, "alpha_mode": "fixed", "rslora": True}
 class Recipe:
     """A fixed training budget, so that evaluations of different rank maps compare.
 
+    The defaults are the full recipe (``rankgym finetune``, promotion, the elastic adapter). The
+    environments' short budgets train faster (``EnvConfig.lr``): 32 steps at this rate leave
+    maps under-trained.
+
     Attributes:
         train_examples: examples seen in training (one pass over a seeded subset of that size).
         batch_size: training batch size.
@@ -32,7 +36,7 @@ class Recipe:
 
     train_examples: int = 8192
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: float = 0.06
     max_grad_norm: float | None = 1.0

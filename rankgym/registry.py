@@ -34,7 +34,7 @@ class EnvConfig:
     ``max_grad_norm``, ``val_examples``, ``warm_examples``), the alpha policy (``alpha``,
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
     training file), ``elastic_examples`` and ``sandwich`` for the elastic evaluator (its one
-    training run; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers`` and
+    training run, at the full recipe's learning rate; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers`` and
     ``fake_noise`` for the fake evaluator.
     """
 
@@ -45,7 +45,7 @@ class EnvConfig:
     seed: int = 0
     train_examples: int = 1024
     batch_size: int = 32
-    lr: float = Recipe.lr
+    lr: float = 3e-3  # a step's budget is short (1,024 examples: 32 steps); the full recipe uses Recipe.lr = 1e-3
     max_grad_norm: float | None = Recipe.max_grad_norm
     val_examples: int | None = None
     warm_examples: int | None = None
@@ -123,10 +123,10 @@ def register_envs() -> None:
             gym.register(env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs=dict(kwargs, env_id=env_id))
 
 
-def recipe_of(config: EnvConfig, train_examples: int | None = None) -> Recipe:
-    """The env's training recipe (at ``train_examples`` when given: promotion's full budget)."""
-    return Recipe(train_examples=train_examples or config.train_examples, batch_size=config.batch_size, lr=config.lr,
-                  max_grad_norm=config.max_grad_norm, val_examples=None if train_examples else config.val_examples)
+def recipe_of(config: EnvConfig) -> Recipe:
+    """The training recipe of one environment step."""
+    return Recipe(train_examples=config.train_examples, batch_size=config.batch_size, lr=config.lr,
+                  max_grad_norm=config.max_grad_norm, val_examples=config.val_examples)
 
 
 def alpha_policy_of(config: EnvConfig) -> dict[str, Any]:
@@ -152,7 +152,8 @@ def build_evaluator(config: EnvConfig, k: int = 1):
 
         from rankgym.evaluators.elastic import ElasticEvaluator
 
-        common["recipe"] = replace(common["recipe"], train_examples=config.elastic_examples)
+        # one long training run, like a full fine-tune: the full recipe's learning rate
+        common["recipe"] = replace(common["recipe"], train_examples=config.elastic_examples, lr=Recipe.lr)
         cache = Path(config.store).parent / "elastic" if config.store and config.store != ":memory:" else None
         return ElasticEvaluator(min_rank=config.min_rank, rank_step=config.rank_step, sandwich=config.sandwich, cache_dir=cache, **common)
     if config.evaluator == "batched":

@@ -211,8 +211,13 @@ class RunDir:
         return summary
 
 
+def run_folder(*parts: object) -> Path:
+    """The default output folder of a command: runs/<part>__<part>__...__<time>."""
+    return Path("runs") / "__".join([*map(str, parts), time.strftime("%Y%m%d-%H%M%S")])
+
+
 def default_run_dir(env_id: str, agent: str, seed: int) -> str:
-    return f"runs/{env_id}__{agent}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    return str(run_folder(env_id, agent, seed))
 
 
 def open_search(args: "SearchArgs", agent: str):

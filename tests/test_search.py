@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from peft import LoraConfig
 
 from rankgym.cli import main
-from rankgym.evaluators.base import ModuleInfo
+from rankgym.evaluators.base import ModuleInfo, adapter_params
 from rankgym.rankmap import RankMap
 from rankgym.report import pareto_front
 from rankgym.strategies import preset_ranks, spectral_ranks
@@ -76,7 +76,8 @@ def test_presets_map_gpt2_fused_attention_to_the_same_parameter_budget():
     qkv = ModuleInfo("h.0.attn.c_attn", "qkv", 0, 768, 2304)
     mlp = ModuleInfo("h.0.mlp.c_fc", "mlp_in", 0, 768, 3072)
     assert preset_ranks([qkv, mlp], "medium") == [12, 16]
-    assert 12 * (768 + 2304) == 3 * 8 * (768 + 768)  # one fused adapter = three separate ones
+    separate = [ModuleInfo(f"h.0.attn.{k}", k, 0, 768, 768) for k in ("query", "key", "value")]
+    assert adapter_params([qkv], [12]) == adapter_params(separate, preset_ranks(separate, "medium"))  # one fused = three separate
 
 
 def test_spectral_rule_respects_the_budget_and_keeps_proportions():

@@ -29,7 +29,7 @@ import numpy as np
 
 from rankgym.backbones import KINDS
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import Evaluation, Evaluator
+from rankgym.evaluators.base import Evaluation, Evaluator, adapter_params
 from rankgym.rankmap import RankMap
 from rankgym.store import EvaluationStore
 
@@ -106,7 +106,7 @@ class RankSearchEnv(gym.Env):
 
         self.store = store if isinstance(store, EvaluationStore) else EvaluationStore(store or ":memory:")
         self.context = self.store.register(evaluator.identity(), self.modules)
-        self.reference_params = self.max_rank * sum(m.in_features + m.out_features for m in self.modules)
+        self.reference_params = adapter_params(self.modules, [self.max_rank] * len(self.modules))
         self.template = evaluator.template()
 
         self.ranks = self.initial.copy()
@@ -153,9 +153,7 @@ class RankSearchEnv(gym.Env):
         return self.template.replace({n: int(r) for n, r in zip(self.names, ranks)})
 
     def cost(self, ranks: Sequence[int] | RankMap) -> float:
-        if isinstance(ranks, RankMap):
-            ranks = [ranks.ranks.get(n, 0) for n in self.names]
-        return float(sum(int(r) * (m.in_features + m.out_features) for r, m in zip(ranks, self.modules)) / self.reference_params)
+        return adapter_params(self.modules, ranks.ranks if isinstance(ranks, RankMap) else ranks) / self.reference_params
 
     def lookup(self, rank_map: RankMap) -> Evaluation | None:
         """The stored evaluation of ``rank_map``, if the evaluator's results may be reused."""

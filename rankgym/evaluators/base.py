@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -71,6 +71,13 @@ class ModuleInfo:
         return int(np.searchsorted(np.cumsum(s) / s.sum(), fraction) + 1)
 
 
+def adapter_params(modules: Sequence[ModuleInfo], ranks: Mapping[str, int] | Sequence[int]) -> int:
+    """Trainable adapter parameters of ``ranks`` (by module name, or in module order): sum of r · (in + out)."""
+    if isinstance(ranks, Mapping):
+        ranks = [ranks.get(m.name, 0) for m in modules]
+    return sum(int(r) * (m.in_features + m.out_features) for r, m in zip(ranks, modules))
+
+
 class Evaluator(ABC):
     """Turns a rank map into an :class:`Evaluation`.
 
@@ -104,8 +111,7 @@ class Evaluator(ABC):
         return RankMap({m.name: 0 for m in self.modules}, provenance=provenance, **self.alpha_policy)
 
     def trainable_params(self, rank_map: RankMap) -> int:
-        shapes = {m.name: m.in_features + m.out_features for m in self.modules}
-        return sum(r * shapes[name] for name, r in rank_map.ranks.items())
+        return adapter_params(self.modules, rank_map.ranks)
 
     def state_key(self) -> str:
         """What besides the map decided the last result (stored with it); empty for stateless evaluators."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from rankgym.backbones import head_modules
@@ -63,7 +63,7 @@ class ElasticEvaluator(FinetuneEvaluator):
             self.grid.append(self.max_rank)
         self.sandwich = sandwich
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.training_seconds: float | None = None  # None until trained or loaded; 0.0 when loaded from the cache
+        self.training_seconds: float | None = None  # what training the adapter cost (also when it was loaded)
         self.source: str | None = None  # "trained" or "loaded"
 
     def identity(self) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         with self.private_rng():
             self.prepare(self.template().replace({m.name: self.max_rank for m in self.modules}))
             if self._load():
-                self.source, self.training_seconds = "loaded", 0.0
+                self.source = "loaded"
                 return
             start = time.perf_counter()
             init_adapters(self.model, self.seed)
@@ -117,6 +117,8 @@ class ElasticEvaluator(FinetuneEvaluator):
             return False
         try:
             tensors = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata() or {}
         except (SafetensorError, OSError, ValueError) as err:
             log.warning("ignoring unreadable elastic adapter %s (%s); training a new one", path, err)
             return False
@@ -127,6 +129,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(tensors[k])
+        self.training_seconds = float(metadata.get("training_seconds", "nan"))
         return True
 
     def _save(self) -> None:
@@ -136,7 +139,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         save_file({k: p.detach().contiguous().cpu() for k, p in self._trainable().items()}, str(tmp),
-                  metadata={"identity": json.dumps(self.identity(), sort_keys=True)})
+                  metadata={"identity": json.dumps(self.identity(), sort_keys=True), "training_seconds": f"{self.training_seconds:.2f}"})
         os.replace(tmp, path)  # atomic: readers see the old state or the whole file, never a part
 
     # -- scoring ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rankgym import __version__
-from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
+from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo, adapter_params
 from rankgym.rankmap import RankMap
 
 KINDS = ("query", "key", "value", "attn_out", "mlp_in", "mlp_out")
@@ -101,5 +101,5 @@ class FakeEvaluator(Evaluator):
             gains = [self.span * self.importance[i] * (1 - math.exp(-r / self.tau[i])) - lam * r * (m.in_features + m.out_features) / reference_params
                      for r in choices]
             best.append(choices[int(np.argmax(gains))])
-        params = sum(r * (m.in_features + m.out_features) for r, m in zip(best, self._modules))
+        params = adapter_params(self._modules, best)
         return best, self.metric_of(best) - lam * params / reference_params

@@ -3,7 +3,7 @@
 The first evaluation of an episode trains fresh adapters on the full recipe. Each later one
 re-ranks the trained adapters in place — growing adds zero-B components (the model's outputs do
 not change), shrinking keeps the best rank-r approximation of each update (SVD) — and trains on
-the next ``warm_examples`` of the training subset, a fraction of the cost.
+the next ``warm_examples`` of the training subset (wrapping round to its start), a fraction of the cost.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rankgym.evaluators.base import ModuleInfo
+from rankgym.evaluators.base import ModuleInfo, adapter_params
 
 # The article's layer-type presets (section 5.1): rank per module kind, low / medium / high.
 PRESETS: dict[str, dict[str, int]] = {
@@ -52,13 +52,10 @@ def spectral_ranks(modules: Sequence[ModuleInfo], fraction: float, budget_params
     def scaled(factor: float) -> list[int]:
         return [min(_limit(m), max(1, round(factor * r))) for r, m in zip(raw, modules)]
 
-    def cost(ranks: list[int]) -> int:
-        return sum(r * (m.in_features + m.out_features) for r, m in zip(ranks, modules))
-
     low, high = 0.0, 1.0
     for _ in range(60):
         mid = (low + high) / 2
-        low, high = (mid, high) if cost(scaled(mid)) <= budget_params else (low, mid)
+        low, high = (mid, high) if adapter_params(modules, scaled(mid)) <= budget_params else (low, mid)
     return scaled(low)
 
 
