@@ -40,7 +40,7 @@ def hyperparameters(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {**BUILTIN, **(table.get("default") or {}), **(table.get(env_id) or {}), **overrides}
 
 
-def make_env(env_id: str, env_kwargs: dict[str, Any], log_path: str, worker: int, on_record=None):
+def make_env(env_id: str, env_kwargs: dict[str, Any], log_path: str, worker: int, on_record=None, allow_divergence: bool = False):
     """A thunk for SB3's vector envs (picklable for spawned workers)."""
 
     def thunk():
@@ -51,7 +51,7 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], log_path: str, worker: int
         from rankgym.run import RecordEvaluations
 
         env = gym.make(env_id, **env_kwargs)
-        return Monitor(RecordEvaluations(env, log_path, worker, on_record))
+        return Monitor(RecordEvaluations(env, log_path, worker, on_record, allow_divergence))
 
     return thunk
 
@@ -68,25 +68,26 @@ def run(args: Args) -> dict[str, Any]:
 
     hp = hyperparameters(args.env_id, args.hyperparams)
     out = args.out or default_run_dir(args.env_id, "ppo", args.seed)
-    run_dir = RunDir(out, {**args.config(), "agent": "ppo", "n_envs": args.n_envs, "hyperparams": hp}, resume=args.resume)
+    run_dir = RunDir(out, {**args.config(), "agent": "ppo", "n_envs": args.n_envs, "devices": args.devices, "hyperparams": hp},
+                     resume=args.resume)
     started = time.time()
     store = str(run_dir.store_path)
     progress = Progress(args.budget, f"ppo {args.env_id}")
 
     def worker_kwargs(i: int) -> dict[str, Any]:
-        kwargs = {**args.env_kwargs, "store": store, "seed": args.env_kwargs.get("seed", args.seed)}
+        kwargs = args.env_kwargs_for_run(store)
         if args.devices:
             kwargs["device"] = args.devices[i % len(args.devices)]
         return kwargs
 
     spawned = args.n_envs > 1 and len(args.devices) > 1
     if args.n_envs == 1:
-        venv = DummyVecEnv([make_env(args.env_id, worker_kwargs(0), store, 0, progress)])
+        venv = DummyVecEnv([make_env(args.env_id, worker_kwargs(0), store, 0, progress, args.allow_divergence)])
     elif spawned:  # workers log to the shared SQLite file; the bar follows the steps the learner sees
-        venv = SubprocVecEnv([make_env(args.env_id, worker_kwargs(i), store, i) for i in range(args.n_envs)],
+        venv = SubprocVecEnv([make_env(args.env_id, worker_kwargs(i), store, i, None, args.allow_divergence) for i in range(args.n_envs)],
                              start_method="spawn")
     else:  # one device: the K maps of a step train together (batched evaluator)
-        logs = [StepLog(store, i) for i in range(args.n_envs)]
+        logs = [StepLog(store, i, args.allow_divergence) for i in range(args.n_envs)]
 
         def on_evaluation(i: int, kind: str, info: dict, reward: float) -> None:
             logs[i].record(kind, info, reward)

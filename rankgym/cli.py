@@ -105,9 +105,11 @@ AGENTS = ("ppo", "random", "tpe", "uniform", "presets", "spectral")
 
 
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
-              hyperparams: dict, n_envs: int, devices: tuple[str, ...], promote: dict) -> dict:
+              hyperparams: dict, n_envs: int, devices: tuple[str, ...], promote: dict, retry_failed: bool = False,
+              allow_divergence: bool = False) -> dict:
     """Dispatch to the agent scripts in agents/ (shipped as rankgym.agents)."""
-    common = dict(env_id=env_id, budget=budget, seed=seed, out=out, resume=resume, env_kwargs=env_kwargs, **promote)
+    common = dict(env_id=env_id, budget=budget, seed=seed, out=out, resume=resume, env_kwargs=env_kwargs, retry_failed=retry_failed,
+                  allow_divergence=allow_divergence, **promote)
     if agent == "ppo":
         from rankgym.agents import ppo
 
@@ -140,9 +142,11 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--promote-seeds", type=int, default=3, show_default=True, help="Seeds of every promotion retrain.")
 @click.option("--promote-examples", type=int, default=8192, show_default=True, help="Training examples of a promotion retrain.")
 @click.option("--no-promote", is_flag=True, help="Answer with the best search score, without retraining.")
+@click.option("--retry-failed", is_flag=True, help="With --resume: evaluate maps whose stored evaluation failed again.")
+@click.option("--allow-divergence", is_flag=True, help="With --resume: where the rerun differs from the log, replace the log from there.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
 def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, promote, promote_seeds,
-           promote_examples, no_promote, report) -> None:
+           promote_examples, no_promote, retry_failed, allow_divergence, report) -> None:
     """Search rank maps on ENV_ID with an agent; writes a run folder with the answer and a report.
 
     The answer is promoted: the top maps by search score (scored on examples held out of training)
@@ -156,6 +160,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                 fail(f"{resume_dir} holds no config.json: is it a run folder written by `rankgym search`?")
             env_id, agent, budget, seed = saved["env_id"], saved["agent"], saved["budget"], saved["seed"]
             env_kwargs, hyperparams, n_envs = saved.get("env_kwargs", {}), saved.get("hyperparams", {}), saved.get("n_envs", 1)
+            devices = tuple(saved.get("devices", ()))
             promotion = {k: saved[k] for k in ("promote", "promote_seeds", "promote_examples") if k in saved}
             out = resume_dir
         else:
@@ -173,7 +178,8 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
 
         if env_id not in gym.registry:
             fail(f"unknown environment {env_id!r}; `rankgym envs` lists them")
-        summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices, promotion)
+        summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices, promotion,
+                            retry_failed, allow_divergence)
         run_dir = Path(summary["run"])
         if report:
             from rankgym.report import write_report

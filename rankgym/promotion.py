@@ -74,7 +74,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     """
     import gymnasium as gym
 
-    from rankgym.evaluators.base import adapter_params
+    from rankgym.evaluators.base import Evaluation, adapter_params
     from rankgym.evaluators.finetune import FinetuneEvaluator
     from rankgym.recipe import Recipe
     from rankgym.registry import EnvConfig, alpha_policy_of
@@ -109,11 +109,12 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
             if evaluation is None:
                 try:
                     evaluation = evaluator.evaluate(rank_map)
-                    store.put(context, rank_map, evaluation)
-                except Exception as err:  # a failed retrain is reported in the table, not fatal to the search's answer
-                    errors[i].append(f"seed {seed}: {type(err).__name__}: {err}")
-                    evaluation = None
-            values[i].append(evaluation.metric if evaluation is not None else math.nan)
+                except Exception as err:  # a failed retrain is reported in the table (and stored), not fatal
+                    evaluation = Evaluation(math.nan, adapter_params(modules, candidate["ranks"]), 0.0, error=f"{type(err).__name__}: {err}")
+                evaluation = store.put(context, rank_map, evaluation)
+            if evaluation.error:
+                errors[i].append(f"seed {seed}: {evaluation.error}")
+            values[i].append(evaluation.metric)
             bar.update(1)
         evaluator.close()
     bar.close()

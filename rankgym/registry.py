@@ -28,7 +28,7 @@ class EnvConfig:
 
     Environment: ``lam``, ``rank_step``, ``min_rank``, ``max_rank``, ``initial_rank``,
     ``initial_map``, ``max_episode_steps``, ``target_score``, ``reward``, ``groups``, ``store``,
-    ``failure_penalty`` (see :class:`~rankgym.envs.rank_search.RankSearchEnv`).
+    ``failure_penalty``, ``retry_failed`` (see :class:`~rankgym.envs.rank_search.RankSearchEnv`).
     Evaluator: ``evaluator`` (finetune, warmstart, fake, replay), ``backbone``, ``task``,
     ``device``, ``seed``, training budget (``train_examples``, ``batch_size``, ``lr``,
     ``max_grad_norm``, ``val_examples``, ``warm_examples``), the alpha policy (``alpha``,
@@ -71,6 +71,7 @@ class EnvConfig:
     groups: str = "module"
     store: str | None = None
     failure_penalty: float = -1.0
+    retry_failed: bool = False
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], env_id: str = "RankSearch") -> "EnvConfig":
@@ -215,6 +216,7 @@ def _env(config: EnvConfig, evaluator, store=None):
         groups=config.groups,
         store=store or (config.store if config.evaluator != "replay" else evaluator.store),
         failure_penalty=config.failure_penalty,
+        retry_failed=config.retry_failed,
     )
     env.config = config
     return env

@@ -39,28 +39,53 @@ CREATE TABLE IF NOT EXISTS steps (
 CSV_COLUMNS = ("step", "kind", "label", "metric", "params", "cost", "reward", "score", "seconds", "cache_hit", "error", "worker", "rank_map")
 
 
-class StepLog:
-    """The rows of ``steps.csv``, kept in the run's SQLite file so several workers can append."""
+class ResumeDiverged(ConfigError):
+    """A resumed run evaluated something other than what the killed run logged."""
 
-    def __init__(self, path: str | Path, worker: int = 0) -> None:
+
+class StepLog:
+    """The rows of ``steps.csv``, kept in the run's SQLite file so several workers can append.
+
+    Args:
+        path: the run's SQLite file.
+        worker: whose rows these are.
+        allow_divergence: when a resumed run replays a row that differs from the logged one, drop
+            the logged rows from there on and log the new ones (a new branch) instead of stopping.
+    """
+
+    def __init__(self, path: str | Path, worker: int = 0, allow_divergence: bool = False) -> None:
         self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(STEPS_SCHEMA)
-        self.worker = worker
+        self.worker, self.allow_divergence = worker, allow_divergence
         self.idx = 0
         self.logged = self.db.execute("SELECT COUNT(*) FROM steps WHERE worker = ?", (worker,)).fetchone()[0]
 
     def record(self, kind: str, info: dict[str, Any], reward: float, label: str | None = None) -> bool:
-        """Append one evaluation; returns False when resuming replays a row that is already logged."""
+        """Append one evaluation; returns False when resuming replays a row that is already logged.
+
+        A replayed row must match the logged one (kind, map and metric); on the first mismatch this
+        raises :class:`ResumeDiverged` naming the step, or starts a new branch (``allow_divergence``).
+        """
         self.idx += 1
+        rank_map = json.dumps(info["rank_map"], separators=(",", ":"))
         if self.idx <= self.logged:
-            return False
+            step, logged_kind, logged_map, logged_metric = self.db.execute(
+                "SELECT step, kind, rank_map, metric FROM steps WHERE worker = ? AND idx = ?", (self.worker, self.idx)).fetchone()
+            if (logged_kind, json.loads(logged_map), logged_metric) == (kind, info["rank_map"], _finite(info["metric"])):
+                return False
+            if not self.allow_divergence:
+                raise ResumeDiverged(
+                    f"the resumed run diverges from the logged one at step {step} (worker {self.worker}): it logged metric "
+                    f"{logged_metric} for its map, the resumed run got {info['metric']} for {'the same' if json.loads(logged_map) == info['rank_map'] else 'another'} map; "
+                    "resume with --allow-divergence to replace the log from that step on")
+            self.db.execute("DELETE FROM steps WHERE worker = ? AND idx >= ?", (self.worker, self.idx))
+            self.logged = self.idx - 1
         self.db.execute(
             "INSERT OR IGNORE INTO steps (worker, idx, kind, label, metric, params, cost, reward, score, seconds, cache_hit,"
             " error, rank_map, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.worker, self.idx, kind, label, _finite(info["metric"]), info["params"], info["cost"], reward,
-             _finite(info["score"]), info["seconds"], int(bool(info["cache_hit"])), info["error"],
-             json.dumps(info["rank_map"], separators=(",", ":")), time.time()),
+             _finite(info["score"]), info["seconds"], int(bool(info["cache_hit"])), info["error"], rank_map, time.time()),
         )
         return True
 
@@ -85,9 +110,9 @@ def _finite(x: float) -> float | None:
 class RecordEvaluations(gym.Wrapper):
     """Write every evaluation the environment makes (reset and step) to the run's step log."""
 
-    def __init__(self, env: gym.Env, log_path: str | Path, worker: int = 0, on_record=None) -> None:
+    def __init__(self, env: gym.Env, log_path: str | Path, worker: int = 0, on_record=None, allow_divergence: bool = False) -> None:
         super().__init__(env)
-        self.log = StepLog(log_path, worker)
+        self.log = StepLog(log_path, worker, allow_divergence)
         self.on_record = on_record
 
     def reset(self, **kwargs):
@@ -155,8 +180,8 @@ class RunDir:
     def store_path(self) -> Path:
         return self.path / "store.sqlite"
 
-    def log(self, worker: int = 0) -> StepLog:
-        return StepLog(self.store_path, worker)
+    def log(self, worker: int = 0, allow_divergence: bool = False) -> StepLog:
+        return StepLog(self.store_path, worker, allow_divergence)
 
     def finish(self, template: RankMap, lam: float, started: float, agent: str, fan_in_fan_out: bool = False,
                promotion: Promotion | None = None) -> dict[str, Any]:
@@ -226,9 +251,8 @@ def open_search(args: "SearchArgs", agent: str):
 
     out = args.out or default_run_dir(args.env_id, agent, args.seed)
     run_dir = RunDir(out, {"agent": agent, **args.config()}, resume=args.resume)
-    kwargs = {**args.env_kwargs, "store": str(run_dir.store_path), "seed": args.env_kwargs.get("seed", args.seed)}
-    env = gym.make(args.env_id, **kwargs).unwrapped
-    return run_dir, env, run_dir.log(), Progress(args.budget, f"{agent} {args.env_id}")
+    env = gym.make(args.env_id, **args.env_kwargs_for_run(str(run_dir.store_path))).unwrapped
+    return run_dir, env, run_dir.log(allow_divergence=args.allow_divergence), Progress(args.budget, f"{agent} {args.env_id}")
 
 
 def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | None = None) -> dict[str, Any]:
@@ -259,6 +283,12 @@ class SearchArgs:
     promote: int = 3  # distinct top maps retrained with the full recipe at the end (0: no promotion)
     promote_seeds: int = 3  # seeds of every promotion retrain
     promote_examples: int = 8192  # training examples of a promotion retrain
+    retry_failed: bool = False  # evaluate stored failures again (e.g. a transient out-of-memory) when resuming
+    allow_divergence: bool = False  # a resumed run that differs from its log replaces the log from there on
+
+    def env_kwargs_for_run(self, store: str) -> dict[str, Any]:
+        """gym.make kwargs of this run: the user's, the run's store and seed, and the retry switch."""
+        return {**self.env_kwargs, "store": store, "seed": self.env_kwargs.get("seed", self.seed), "retry_failed": self.retry_failed}
 
     def config(self) -> dict[str, Any]:
         """What a run folder's config.json records of these arguments (resuming must not change it)."""

@@ -2,7 +2,10 @@
 
 SQLite in WAL mode, so several processes (vector-env workers, parallel searches) can share one
 file: writes are single INSERT OR IGNORE statements keyed by a hash of what decides the result
-(backbone and revision, task, evaluator and budget, seed, package version, canonical rank map).
+(the evaluator's identity and the canonical rank map). The first result written for a key is the
+result: a process that computed the same map concurrently gets the stored one back from
+:meth:`EvaluationStore.put` and acts on it. Failures are stored too (their own table), so a resumed
+search meets the same failure instead of a different result, unless it asks to retry them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ CREATE TABLE IF NOT EXISTS evaluations (
     created REAL NOT NULL          -- unix time stamp
 );
 CREATE INDEX IF NOT EXISTS evaluations_context ON evaluations (context);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,          -- as in evaluations; a later success removes the failure
+    context TEXT NOT NULL,
+    rank_map TEXT NOT NULL,
+    error TEXT NOT NULL,
+    params INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    device TEXT,
+    created REAL NOT NULL
+);
 """
 
 
@@ -77,27 +90,43 @@ class EvaluationStore:
         )
         return context
 
-    def get(self, context: str, rank_map: RankMap) -> Evaluation | None:
+    def get(self, context: str, rank_map: RankMap, failures: bool = True, state_key: str = "") -> Evaluation | None:
+        """The stored evaluation of ``rank_map`` (``cache_hit=True``), a stored failure unless
+        ``failures=False``, or None."""
+        key = _key(context, rank_map, state_key)
         row = self.db.execute(
-            "SELECT metric, params, seconds, val_loss, train_loss, device FROM evaluations WHERE key = ?",
-            (_key(context, rank_map),),
+            "SELECT metric, params, seconds, val_loss, train_loss, device FROM evaluations WHERE key = ?", (key,)
         ).fetchone()
-        if row is None:
-            return None
-        metric, params, seconds, val_loss, train_loss, device = row
-        return Evaluation(metric, params, seconds, _nan(val_loss), _nan(train_loss), device, cache_hit=True)
+        if row is not None:
+            metric, params, seconds, val_loss, train_loss, device = row
+            return Evaluation(metric, params, seconds, _nan(val_loss), _nan(train_loss), device, cache_hit=True)
+        if failures:
+            row = self.db.execute("SELECT error, params, seconds, device FROM failures WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                error, params, seconds, device = row
+                return Evaluation(float("nan"), params, seconds, device=device, cache_hit=True, error=error)
+        return None
 
-    def put(self, context: str, rank_map: RankMap, evaluation: Evaluation, state_key: str = "") -> None:
-        """Write a successful evaluation at once (failed ones are not cached: they may not repeat).
+    def put(self, context: str, rank_map: RankMap, evaluation: Evaluation, state_key: str = "") -> Evaluation:
+        """Write an evaluation at once; returns the one to act on.
 
-        ``state_key`` separates results that depend on more than the map (a warm start's history).
+        That is the stored result when another process wrote this key first (marked
+        ``cache_hit=True``), else ``evaluation``. A failure is stored as a failure (replaced by a
+        later success). ``state_key`` separates results that depend on more than the map (a warm
+        start's history).
         """
+        key = _key(context, rank_map, state_key)
         if not evaluation.ok:
-            return
-        self.db.execute(
+            self.db.execute(
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, context, rank_map.key(), evaluation.error or f"metric is {evaluation.metric}", evaluation.params,
+                 evaluation.seconds, evaluation.device, time.time()),
+            )
+            return evaluation
+        written = self.db.execute(
             "INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                _key(context, rank_map, state_key),
+                key,
                 context,
                 rank_map.key(),
                 evaluation.metric,
@@ -108,7 +137,11 @@ class EvaluationStore:
                 evaluation.device,
                 time.time(),
             ),
-        )
+        ).rowcount
+        self.db.execute("DELETE FROM failures WHERE key = ?", (key,))
+        if written:
+            return evaluation
+        return self.get(context, rank_map, failures=False, state_key=state_key)  # another process's result came first
 
     def contexts(self) -> list[tuple[str, dict[str, Any], list[ModuleInfo]]]:
         rows = self.db.execute("SELECT context, identity, modules FROM contexts").fetchall()

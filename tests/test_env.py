@@ -288,3 +288,53 @@ def test_replay_answers_only_from_the_store(tmp_path):
     assert again["metric"] == recorded["metric"] and again["cache_hit"]
     _, reward, terminated, _, missing = replay.step(np.full(24, 2))
     assert terminated and reward == -1.0 and "never evaluated" in missing["error"]
+
+
+class ConstantEvaluator(FakeEvaluator):
+    """A cacheable stand-in whose every map scores ``value``; ``during`` runs while it 'trains'."""
+
+    cacheable = True
+
+    def __init__(self, value, during=None):
+        super().__init__(layers=1)
+        self.value, self.during = value, during
+
+    def evaluate(self, rank_map):
+        if self.during:
+            self.during()
+        return Evaluation(self.value, self.trainable_params(rank_map), 1.0)
+
+
+def test_two_writers_of_one_map_both_act_on_the_stored_value(tmp_path):
+    path = str(tmp_path / "store.sqlite")
+    first = RankSearchEnv(ConstantEvaluator(0.80), store=path)
+    ranks = {n: 4 for n in first.names}
+    # the second process misses the store, and while it trains the first one stores the same map
+    second = RankSearchEnv(ConstantEvaluator(0.83, during=lambda: first.evaluate_map(ranks)), store=path)
+    info = second.evaluate_map(ranks)
+    assert info["metric"] == 0.80 and info["cache_hit"]
+    assert second.best["evaluation"].metric == 0.80
+    assert [row["metric"] for row in EvaluationStore(path).evaluations()] == [0.80]
+
+
+def test_a_stored_failure_replays_as_the_same_failure_unless_retried(sst2_dir, tmp_path, monkeypatch):
+    store = str(tmp_path / "store.sqlite")
+    env = tiny(sst2_dir, lr=1e12, store=store).unwrapped
+    _, failed_start = env.reset(seed=0)
+    _, _, _, _, failed = env.step(np.full(8, 2))
+    assert "TrainingDiverged" in failed["error"] and "TrainingDiverged" in failed_start["error"] and not failed["cache_hit"]
+
+    again = tiny(sst2_dir, lr=1e12, store=store).unwrapped
+    monkeypatch.setattr(again.evaluator, "evaluate", lambda m: pytest.fail("trained"))
+    again.reset(seed=0)
+    _, reward, terminated, _, replayed = again.step(np.full(8, 2))
+    assert replayed["error"] == failed["error"] and replayed["cache_hit"] and terminated and reward == -1.0
+
+    retry = tiny(sst2_dir, lr=1e12, store=store, retry_failed=True).unwrapped
+    calls = []
+    monkeypatch.setattr(retry.evaluator, "evaluate", lambda m: calls.append(m) or Evaluation(0.6, 1, 0.1))
+    retry.reset(seed=0)
+    _, _, _, _, fixed = retry.step(np.full(8, 2))
+    assert [c.ranks for c in calls] == [failed_start["rank_map"], failed["rank_map"]]  # both failures retried
+    assert fixed["metric"] == 0.6 and fixed["error"] is None
+    assert EvaluationStore(store).get(retry.context, retry.rank_map()).metric == 0.6  # the success replaced the failure

@@ -98,3 +98,28 @@ def test_bad_alpha_policy_is_one_clear_error():
         gym.make("RankSearch-tiny-sst2-v0", alpha_mode="sqrt")
     with pytest.raises(ConfigError, match="rslora must be True or False"):
         gym.make("RankSearch-tiny-sst2-v0", rslora="yes")
+
+
+def test_a_result_of_another_computation_is_never_answered_from_the_store(sst2_dir, tmp_path, monkeypatch):
+    from rankgym.evaluators import finetune as finetune_module
+    from rankgym.store import EvaluationStore
+
+    store = EvaluationStore(tmp_path / "store.sqlite")
+    recipe = Recipe(train_examples=32, val_examples=32)
+    evaluator = FinetuneEvaluator("tiny", "sst2", recipe, 0, "cpu", max_rank=4, data_dir=str(sst2_dir))
+    rank_map = evaluator.template().replace({m.name: 2 for m in evaluator.modules})
+    context = store.register(evaluator.identity(), evaluator.modules)
+    store.put(context, rank_map, evaluator.evaluate(rank_map))
+    assert evaluator.identity()["budget"]["eval_batch_size"] == 32  # resolved, not None
+    assert store.get(store.register(evaluator.identity(), evaluator.modules), rank_map) is not None
+
+    explicit = FinetuneEvaluator("tiny", "sst2", Recipe(train_examples=32, val_examples=32, eval_batch_size=64), 0, "cpu",
+                                 max_rank=4, data_dir=str(sst2_dir))
+    evaluator.device = torch.device("cuda")  # only its identity is asked for
+    versions = dict(finetune_module.package_versions(), torch="0.0.0")
+    others = [explicit.identity(), evaluator.identity()]
+    evaluator.device = torch.device("cpu")
+    monkeypatch.setattr(finetune_module, "package_versions", lambda: versions)
+    others.append(evaluator.identity())
+    for identity in others:
+        assert store.get(store.register(identity, evaluator.modules), rank_map) is None

@@ -170,3 +170,21 @@ def test_envs_lists_every_id():
     assert result.exit_code == 0
     for env_id in ("RankSearch-gpt2-sst2-v0", "RankSearch-minilm-sst2-v0", "RankSearch-tiny-sst2-v0", "RankSearch-fake-v0"):
         assert env_id in result.output
+
+
+def test_a_resume_that_diverges_from_the_log_stops_naming_the_step(tmp_path):
+    import sqlite3
+
+    run = tmp_path / "r"
+    search("RankSearch-fake-v0", "--agent", "random", "--budget", "8", "--out", str(run), "--no-report")
+    computed = [r["metric"] for r in steps(run)]
+    db = sqlite3.connect(run / "store.sqlite")
+    db.execute("UPDATE steps SET metric = 0.123 WHERE step = 3")  # as if step 3 had been computed differently
+    db.commit()
+    stopped = CliRunner().invoke(main, ["search", "--resume", str(run), "--no-report"])
+    assert stopped.exit_code != 0
+    assert "diverges from the logged one at step 3" in stopped.output and "--allow-divergence" in stopped.output
+    branched = CliRunner().invoke(main, ["search", "--resume", str(run), "--no-report", "--allow-divergence"])
+    assert branched.exit_code == 0, branched.output
+    rows = steps(run)
+    assert [r["metric"] for r in rows] == computed and [int(r["step"]) for r in rows[:2]] == [1, 2]

@@ -56,6 +56,7 @@ class RankSearchEnv(gym.Env):
         groups: ``"module"`` (one action per module), ``"block"`` or ``"kind"`` (modules share an action).
         store: an :class:`EvaluationStore`, a path to one, or None for an in-memory cache.
         failure_penalty: the reward of a step whose evaluation failed (the episode then ends).
+        retry_failed: evaluate maps whose stored evaluation failed again, instead of replaying the failure.
     """
 
     metadata = {"render_modes": []}
@@ -75,6 +76,7 @@ class RankSearchEnv(gym.Env):
         groups: str = "module",
         store: EvaluationStore | str | None = None,
         failure_penalty: float = -1.0,
+        retry_failed: bool = False,
     ) -> None:
         if lam < 0:
             raise ConfigError(f"lam must be >= 0, got {lam}")
@@ -94,7 +96,7 @@ class RankSearchEnv(gym.Env):
             raise ConfigError(f"max_rank {max_rank} exceeds the smallest module's min(in, out) = {limits.min()}")
         self.lam, self.rank_step, self.min_rank, self.max_rank = lam, rank_step, min_rank, max_rank
         self.max_episode_steps, self.target_score, self.reward_mode = max_episode_steps, target_score, reward
-        self.failure_penalty = failure_penalty
+        self.failure_penalty, self.retry_failed = failure_penalty, retry_failed
         self.initial = self._initial_ranks(initial_map, initial_rank)
 
         self.group_of = self._groups(groups)
@@ -156,16 +158,22 @@ class RankSearchEnv(gym.Env):
         return adapter_params(self.modules, ranks.ranks if isinstance(ranks, RankMap) else ranks) / self.reference_params
 
     def lookup(self, rank_map: RankMap) -> Evaluation | None:
-        """The stored evaluation of ``rank_map``, if the evaluator's results may be reused."""
-        return self.store.get(self.context, rank_map) if self.evaluator.cacheable else None
+        """The stored evaluation (or failure) of ``rank_map``, if the evaluator's results may be reused."""
+        if not self.evaluator.cacheable:
+            return None
+        return self.store.get(self.context, rank_map, failures=not self.retry_failed)
 
     def remember(self, rank_map: RankMap, evaluation: Evaluation) -> Evaluation:
-        """Mark a non-finite metric as an error and write the evaluation to the store at once."""
+        """Mark a non-finite metric as an error and write the evaluation to the store at once.
+
+        Returns what to act on: the stored result where another process stored this map first (for
+        evaluators whose results are reused; the others' store rows are a log).
+        """
         if not math.isfinite(evaluation.metric):
             evaluation.error = evaluation.error or f"metric is {evaluation.metric}"
         self.evaluations += 1
-        self.store.put(self.context, rank_map, evaluation, self.evaluator.state_key())
-        return evaluation
+        stored = self.store.put(self.context, rank_map, evaluation, self.evaluator.state_key())
+        return stored if self.evaluator.cacheable else evaluation
 
     def _evaluate(self, rank_map: RankMap) -> Evaluation:
         """Answer from the store when possible; otherwise evaluate and write at once. Never raises."""
@@ -176,7 +184,7 @@ class RankSearchEnv(gym.Env):
         try:
             evaluation = self.evaluator.evaluate(rank_map)
         except Exception as err:  # an expected failure (NaN, OOM, a raising evaluator) must not kill a search
-            return failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
+            evaluation = failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
         return self.remember(rank_map, evaluation)
 
     def _observe(self) -> np.ndarray:

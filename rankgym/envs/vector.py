@@ -53,7 +53,7 @@ class BatchedEpisodes:
                 seconds = time.perf_counter() - start
                 evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), seconds) for m in pending]
             for m, e in zip(pending, evaluations):
-                fresh[m.key()] = self.envs[0].remember(m, e) if e.error is None else e
+                fresh[m.key()] = self.envs[0].remember(m, e)
         return [r if r is not None else fresh[m.key()] for r, m in zip(results, maps)]
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
 from rankgym.tasks import encode, hold_out_score_split, load_task
 from rankgym.recipe import ALPHA_POLICY, Recipe
-from rankgym.training import FinetuneResult, finetune, init_adapters, training_subset
+from rankgym.training import FinetuneResult, default_eval_batch_size, finetune, init_adapters, training_subset
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -36,6 +37,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
     return resolved
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the libraries whose numerics an evaluation depends on."""
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
 def _revision(model, backbone: str) -> str:
@@ -114,12 +123,16 @@ class FinetuneEvaluator(Evaluator):
         return self._modules
 
     def identity(self) -> dict[str, Any]:
+        """Everything that decides a result besides the map, as it is really run (the store's key)."""
+        resolved = replace(self.recipe, eval_batch_size=self.recipe.eval_batch_size or default_eval_batch_size(self.device))
         return {
             "backbone": self.spec.name,
             "revision": self.revision,
             "task": self.data.name,
             "evaluator": f"{self.name}-v{self.version}",
-            "budget": self.recipe.to_dict(),
+            "budget": resolved.to_dict(),
+            "device_type": self.device.type,
+            "packages": package_versions(),
             "seed": self.seed,
             "alpha_policy": self.alpha_policy,
             "scored_on": self.split,
