@@ -70,3 +70,16 @@ def test_minilm_uniform_rank_8_reaches_the_reference_accuracy(tmp_path, sst2_dir
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["trainable_params"] == 8 * 6 * (3 * 768 + 768 + 2 * (384 + 1536))
     assert summary["metric"] >= 0.84
+
+
+def test_bench_reports_both_peft_baselines(tmp_path, sst2_dir):
+    result = run("bench", "--backbone", "tiny", "--device", "cpu", "--train-examples", "32", "--val-examples", "32", "--k", "2",
+                 "--data-dir", str(sst2_dir), "--json", str(tmp_path / "bench.json"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {(r["variant"], r["k"]): r for r in report["results"]}
+    assert set(rows) == {("peft", 1), ("peft-rankgym-recipe", 1), ("rankgym", 1), ("rankgym-batched", 2)}
+    peft, matched, mine = rows[("peft", 1)], rows[("peft-rankgym-recipe", 1)], rows[("rankgym", 1)]
+    assert mine["speedup_vs_peft"] == pytest.approx(peft["seconds_per_config"] / mine["seconds_per_config"])
+    assert report["speedup_vs_peft_with_rankgym_recipe"] == pytest.approx(matched["seconds_per_config"] / mine["seconds_per_config"])
+    assert "x PEFT with rankgym's recipe" in result.output
