@@ -37,7 +37,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--backbone", default="minilm", show_default=True, help="gpt2, distilgpt2, minilm or tiny.")
-@click.option("--task", default="sst2", show_default=True, help="sst2, or a folder with train/validation TSV or CSV.")
+@click.option("--task", default="sst2", show_default=True, help="sst2, cola, mrpc, rte, stsb, or a folder with train/validation TSV or CSV.")
 @click.option("--rank-map", "rank_map_path", type=click.Path(), help="Rank map JSON (e.g. a search's best_rank_map.json).")
 @click.option("--uniform", type=int, help="Give every default module this rank instead of a rank map.")
 @click.option("--alpha", type=float, default=ALPHA_POLICY["alpha"], show_default=True, help="lora_alpha with --uniform.")
@@ -53,12 +53,13 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", envvar="RANKGYM_DATA_DIR", help="GLUE-layout folder (or $RANKGYM_DATA_DIR).")
 @click.option("--model-name-or-path", help="Local checkpoint folder (or hub id) instead of the default.")
-@click.option("--text-column", default="sentence", show_default=True, help="Text column of a task folder.")
+@click.option("--text-column", default="sentence", show_default=True, help="Text column of a task folder; 'a,b' for sentence pairs.")
 @click.option("--label-column", default="label", show_default=True, help="Label column of a task folder.")
+@click.option("--regression/--classification", default=None, help="A task folder's labels are float targets (default: detected).")
 @click.option("--out", type=click.Path(), help="Run folder (default: runs/finetune__BACKBONE__TASK__TIME).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line: metric, trainable_params, seconds, out.")
 def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, train_examples, batch_size, lr, max_grad_norm,
-             val_examples, seed, device, data_dir, model_name_or_path, text_column, label_column, out, as_json) -> None:
+             val_examples, seed, device, data_dir, model_name_or_path, text_column, label_column, regression, out, as_json) -> None:
     """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter.
 
     Training never sees the score split a search scores maps on (held out of the training file),
@@ -79,7 +80,7 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         max_rank = max(rank_map.ranks.values()) if rank_map else uniform
         evaluator = FinetuneEvaluator(backbone, task, recipe, seed, device, max(max_rank, 1), score_on="validation",
                                       model_name_or_path=model_name_or_path,
-                                      data_dir=data_dir, text_column=text_column, label_column=label_column,
+                                      data_dir=data_dir, text_column=text_column, label_column=label_column, regression=regression,
                                       progress=not as_json, **policy)
         if rank_map is None:
             rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, **policy)
@@ -289,13 +290,16 @@ def bench(backbone, random_init, device, train_examples, val_examples, batch_siz
 def envs() -> None:
     """List the registered environment ids with backbone, task, evaluator and default budget."""
     from rankgym.registry import EnvConfig, env_ids
+    from rankgym.tasks import GLUE
 
     defaults = EnvConfig()
-    rows = [("id", "backbone", "task", "evaluator", "train examples", "episode steps", "max rank")]
+    rows = [("id", "backbone", "task", "metric", "evaluator", "train examples", "episode steps", "max rank")]
     for env_id, kwargs in env_ids().items():
         get = lambda k: kwargs.get(k, getattr(defaults, k))  # noqa: E731
         budget = "closed form" if get("evaluator") == "fake" else str(get("train_examples"))
-        rows.append((env_id, get("backbone"), get("task"), get("evaluator"), budget, str(get("max_episode_steps")), str(get("max_rank"))))
+        metric = GLUE[get("task")].metric if get("task") in GLUE else "closed form"
+        rows.append((env_id, get("backbone"), get("task"), metric, get("evaluator"), budget, str(get("max_episode_steps")),
+                     str(get("max_rank"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from rankgym import metrics
 from rankgym.backbones import init_head
 from rankgym.errors import RankgymError
 from rankgym.lora.inject import lora_layers
@@ -71,6 +72,17 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for class labels, mean squared error for float targets (one output)."""
+    if labels.is_floating_point():
+        return nn.functional.mse_loss(logits.squeeze(-1), labels, reduction=reduction)
+    return nn.functional.cross_entropy(logits, labels, reduction=reduction)
+
+
+def predictions(logits: torch.Tensor, regression: bool) -> torch.Tensor:
+    return logits.squeeze(-1) if regression else logits.argmax(-1)
+
+
 def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, copies: int) -> torch.Tensor:
     """Logits of shape (copies, batch, labels): the batch repeated once per configuration."""
     if copies > 1:
@@ -86,28 +98,34 @@ def default_eval_batch_size(device: torch.device) -> int:
 @torch.no_grad()
 def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: int | None = None, limit: int | None = None,
                     copies: int = 1) -> list[tuple[float, float]]:
-    """(accuracy, mean cross-entropy) of each of ``copies`` configurations, in length-sorted batches."""
+    """(task metric, mean loss) of each of ``copies`` configurations, in length-sorted batches.
+
+    The metric is ``data.metric`` (accuracy, Matthews correlation, F1, Pearson or Spearman) over
+    the first ``limit`` examples; the loss is cross-entropy, or squared error for float targets.
+    """
     device = _device_of(model)
     batch_size = batch_size or default_eval_batch_size(device)
     was_training = model.training
     model.eval()
     n = len(data) if limit is None else min(limit, len(data))
     order = sorted(range(n), key=lambda i: len(data.ids[i]))
-    correct, loss_sum = torch.zeros(copies), torch.zeros(copies, dtype=torch.float64)
+    preds = [torch.empty(n, dtype=data.labels.dtype) for _ in range(copies)]
+    loss_sum = torch.zeros(copies, dtype=torch.float64)
     for k in range(0, n, batch_size):
         idx = order[k : k + batch_size]
         input_ids, mask = pad_batch([data.ids[i] for i in idx], pad_id, device)
         labels = data.labels[idx].to(device)
         logits = _forward(model, input_ids, mask, copies)
         for c in range(copies):
-            loss_sum[c] += nn.functional.cross_entropy(logits[c], labels, reduction="sum").item()
-            correct[c] += (logits[c].argmax(-1) == labels).sum().item()
+            loss_sum[c] += task_loss(logits[c], labels, reduction="sum").item()
+            preds[c][idx] = predictions(logits[c], data.regression).to(preds[c].dtype).cpu()
     model.train(was_training)
-    return [(correct[c].item() / n, loss_sum[c].item() / n) for c in range(copies)]
+    labels = data.labels[:n].numpy()
+    return [(metrics.compute(data.metric, preds[c].numpy(), labels), loss_sum[c].item() / n) for c in range(copies)]
 
 
 def evaluate(model: nn.Module, data: Encoded, pad_id: int, batch_size: int | None = None, limit: int | None = None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over ``data`` in length-sorted batches."""
+    """(task metric, mean loss) over ``data`` in length-sorted batches."""
     return evaluate_copies(model, data, pad_id, batch_size, limit)[0]
 
 
@@ -200,7 +218,7 @@ def finetune_copies(
         input_ids, mask = pad_batch([train.ids[i] for i in idx], pad_id, device)
         logits = _forward(model, input_ids, mask, copies)
         labels = train.labels[idx].to(device)
-        per_copy = [nn.functional.cross_entropy(logits[c], labels) for c in range(copies)]
+        per_copy = [task_loss(logits[c], labels) for c in range(copies)]
         values = torch.stack(per_copy).tolist()
         for c, value in enumerate(values):
             if errors[c] is None and not math.isfinite(value):

@@ -72,7 +72,9 @@ class FinetuneEvaluator(Evaluator):
             validation split (final numbers: ``rankgym finetune`` and promotion).
         score_examples: size of the score split (default: the validation split's, at most 1,000).
         model_name_or_path / data_dir: local copies instead of the hub.
-        text_column / label_column: columns of a task given as a folder of TSV/CSV files.
+        text_column / label_column: columns of a task given as a folder of TSV/CSV files
+            (``text_column="a,b"`` for sentence pairs).
+        regression: a task folder's labels are float targets (None: detected).
     """
 
     name = "finetune"
@@ -95,6 +97,7 @@ class FinetuneEvaluator(Evaluator):
         data_dir: str | None = None,
         text_column: str = "sentence",
         label_column: str = "label",
+        regression: bool | None = None,
         progress: bool = False,
     ) -> None:
         self.spec = get_backbone(backbone)
@@ -105,15 +108,16 @@ class FinetuneEvaluator(Evaluator):
         if alpha_mode not in ("fixed", "ratio"):
             raise ConfigError(f"alpha_mode must be 'fixed' or 'ratio', got {alpha_mode!r}")
         self.alpha_policy = dict(alpha=float(alpha), alpha_mode=alpha_mode, rslora=bool(rslora))
-        self.data = load_task(task, data_dir, text_column, label_column)
+        self.data = load_task(task, data_dir, text_column, label_column, regression)
         with torch.random.fork_rng(devices=[]):
             self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
         self.model.to(self.device)
         pool, score = hold_out_score_split(self.data, score_examples)
         self.split, self.score_examples = score_on, len(score)
         subset = training_subset(len(pool), recipe, seed)
-        self.train_set = encode(pool.subset(subset), self.tokenizer, recipe.max_length)
-        self.val_set = encode(score if score_on == "score" else self.data.validation, self.tokenizer, recipe.max_length)
+        metric = self.data.metric
+        self.train_set = encode(pool.subset(subset), self.tokenizer, recipe.max_length, metric)
+        self.val_set = encode(score if score_on == "score" else self.data.validation, self.tokenizer, recipe.max_length, metric)
         self.revision = _revision(self.model, backbone)
         self._modules = module_infos(self.model, self.spec)
         self.last_result: FinetuneResult | None = None  # the last evaluation's losses and step count

@@ -1,0 +1,61 @@
+"""The tasks' metrics, from predictions and labels (numpy; every one is higher-is-better).
+
+Written out here rather than imported from scikit-learn / scipy so that an evaluation needs
+neither; the tests check each against them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = ("accuracy", "matthews", "f1", "pearson", "spearman")
+
+
+def accuracy(pred: np.ndarray, label: np.ndarray) -> float:
+    return float(np.mean(pred == label))
+
+
+def matthews(pred: np.ndarray, label: np.ndarray) -> float:
+    """Matthews correlation of binary predictions (0 when a marginal is constant, as scikit-learn)."""
+    tp = float(np.sum((pred == 1) & (label == 1)))
+    tn = float(np.sum((pred == 0) & (label == 0)))
+    fp = float(np.sum((pred == 1) & (label == 0)))
+    fn = float(np.sum((pred == 0) & (label == 1)))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+
+
+def f1(pred: np.ndarray, label: np.ndarray) -> float:
+    """F1 of the positive class (label 1), 0 when there is no true positive."""
+    tp = float(np.sum((pred == 1) & (label == 1)))
+    predicted, actual = float(np.sum(pred == 1)), float(np.sum(label == 1))
+    return 2 * tp / (predicted + actual) if tp else 0.0
+
+
+def pearson(pred: np.ndarray, label: np.ndarray) -> float:
+    pred, label = pred.astype(np.float64), label.astype(np.float64)
+    if pred.std() == 0 or label.std() == 0:
+        return 0.0  # a constant prediction carries no information (scipy would return NaN)
+    return float(np.corrcoef(pred, label)[0, 1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def spearman(pred: np.ndarray, label: np.ndarray) -> float:
+    return pearson(_ranks(pred), _ranks(label))
+
+
+def compute(name: str, pred: np.ndarray, label: np.ndarray) -> float:
+    """Metric ``name`` of predictions (class ids, or values for regression) against labels."""
+    functions = {"accuracy": accuracy, "matthews": matthews, "f1": f1, "pearson": pearson, "spearman": spearman}
+    if name not in functions:
+        raise ValueError(f"unknown metric {name!r}; one of {', '.join(METRICS)}")
+    return functions[name](np.asarray(pred), np.asarray(label))

@@ -1,0 +1,95 @@
+"""The GLUE tasks from their original files, sentence pairs, regression, and each task's metric."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+import rankgym  # noqa: F401  (registers the ids)
+from rankgym import metrics
+from rankgym.backbones import load_backbone
+from rankgym.tasks import GLUE, TASKS, TaskError, encode, load_task
+
+COUNTS = {"sst2": (67349, 872), "cola": (8551, 1043), "mrpc": (3667, 408), "rte": (2490, 277), "stsb": (5749, 1500)}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_glue_file_parses_with_its_quirks(task, sst2_dir):
+    if not (sst2_dir / task / "train.tsv").is_file():
+        pytest.skip(f"{task} not in {sst2_dir}")
+    data = load_task(task, sst2_dir)
+    assert (len(data.train), len(data.validation)) == COUNTS[task]
+    assert data.metric == GLUE[task].metric
+    if task == "stsb":
+        assert data.regression and data.train.labels[:2] == [5.0, 3.8] and all(0 <= y <= 5 for y in data.validation.labels)
+    else:
+        assert data.num_labels == 2 and set(data.train.labels) == {0, 1}
+    if task in ("mrpc", "rte", "stsb"):
+        assert data.train.pairs is not None and len(data.train.pairs) == len(data.train.texts)
+    if task == "mrpc":  # the byte-order mark is not part of the first column's name, and labels are read
+        assert data.train.texts[0].startswith("Amrozi accused his brother") and data.train.labels[:2] == [1, 0]
+    if task == "rte":
+        assert data.label_names == ["entailment", "not_entailment"] and data.train.labels[0] == 1  # not_entailment
+    if task == "cola":
+        assert data.train.texts[0] == "Our friends won't buy this analysis, let alone the next one we propose."
+
+
+FIXED = np.random.default_rng(0)
+PRED_CLASSES, LABEL_CLASSES = FIXED.integers(0, 2, 200), FIXED.integers(0, 2, 200)
+LABEL_VALUES = FIXED.uniform(0, 5, 200)
+PRED_VALUES = LABEL_VALUES + FIXED.normal(0, 1.5, 200)
+PRED_VALUES[:20] = np.round(PRED_VALUES[:20])  # ties, for the rank correlation
+
+
+def test_metrics_equal_scikit_learn_and_scipy():
+    assert metrics.accuracy(PRED_CLASSES, LABEL_CLASSES) == pytest.approx(accuracy_score(LABEL_CLASSES, PRED_CLASSES))
+    assert metrics.matthews(PRED_CLASSES, LABEL_CLASSES) == pytest.approx(matthews_corrcoef(LABEL_CLASSES, PRED_CLASSES))
+    assert metrics.f1(PRED_CLASSES, LABEL_CLASSES) == pytest.approx(f1_score(LABEL_CLASSES, PRED_CLASSES))
+    assert metrics.pearson(PRED_VALUES, LABEL_VALUES) == pytest.approx(pearsonr(PRED_VALUES, LABEL_VALUES).statistic)
+    assert metrics.spearman(PRED_VALUES, LABEL_VALUES) == pytest.approx(spearmanr(PRED_VALUES, LABEL_VALUES).statistic)
+    constant = np.zeros(200, dtype=int)
+    assert metrics.matthews(constant, LABEL_CLASSES) == matthews_corrcoef(LABEL_CLASSES, constant) == 0.0
+    assert metrics.f1(constant, LABEL_CLASSES) == 0.0
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        metrics.compute("bleu", PRED_CLASSES, LABEL_CLASSES)
+
+
+@pytest.mark.parametrize("backbone", ["minilm", "tiny"])
+def test_sentence_pairs_are_encoded_as_pairs(backbone):
+    _, tokenizer = load_backbone(backbone)
+    from rankgym.tasks import Split
+
+    encoded = encode(Split(["the cat sat"], [1], ["a dog ran"]), tokenizer, 128)
+    ids = encoded.ids[0].tolist()
+    a, b = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("the cat sat", "a dog ran"))
+    if backbone == "minilm":  # BERT's own pair encoding: [CLS] a [SEP] b [SEP]
+        assert ids == [tokenizer.cls_token_id, *a, tokenizer.sep_token_id, *b, tokenizer.sep_token_id]
+    else:  # GPT-2 style tokenizers only concatenate: the texts are joined by end-of-text
+        assert ids == [*a, tokenizer.eos_token_id, *b]
+    long = encode(Split(["word " * 100], [0], ["other " * 10]), tokenizer, 32)
+    assert len(long.ids[0]) == 32 and encoded.labels.dtype == torch.long
+
+
+def test_a_users_folder_with_pairs_regression_and_no_header(tmp_path):
+    (tmp_path / "train.tsv").write_text("a man runs\ta person runs\t4.5\nit rains\tthe sun shines\t0.2\n")
+    (tmp_path / "dev.tsv").write_text("cats\tdogs\t1.0\n")
+    data = load_task(str(tmp_path), text_column="0,1", label_column="2", header=False)
+    assert data.regression and data.metric == "pearson" and data.train.pairs == ["a person runs", "the sun shines"]
+    assert data.train.labels == [4.5, 0.2]
+    (tmp_path / "train.tsv").write_text("a man runs\ta person runs\tfour\n")
+    with pytest.raises(TaskError, match=r"train.tsv:1: target 'four' in column 2 is not a number"):
+        load_task(str(tmp_path), text_column="0,1", label_column="2", header=False, regression=True)
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "sst2"])
+def test_every_glue_id_makes_offline_and_scores_with_its_metric(task, sst2_dir):
+    env = gym.make(f"RankSearch-tiny-{task}-v0", device="cpu", data_dir=str(sst2_dir), train_examples=32, val_examples=64).unwrapped
+    _, info = env.reset(seed=0)
+    assert info["error"] is None and np.isfinite(info["metric"]) and info["split"] == "score"
+    assert env.evaluator.data.metric == GLUE[task].metric
+    if task == "stsb":
+        assert env.evaluator.model.config.num_labels == 1 and env.evaluator.train_set.labels.is_floating_point()
+    values = env.evaluator.val_set
+    assert len(values) == min(1000, len(env.evaluator.data.validation))
