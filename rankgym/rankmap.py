@@ -22,6 +22,20 @@ FORMAT = "rankgym.rankmap"
 FORMAT_VERSION = 1
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: where a key repeats, JSON keeps the last value silently; we refuse."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 class RankMapError(RankgymError, ValueError):
     """A rank map that does not fit a model, or a rank-map file that cannot be read."""
 
@@ -166,9 +180,13 @@ class RankMap:
         if not path.is_file():
             raise RankMapError(f"rank map file {str(path)!r} does not exist")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+        except UnicodeDecodeError as err:
+            raise RankMapError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); a rank map is JSON in UTF-8") from None
         except json.JSONDecodeError as err:
             raise RankMapError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        except _DuplicateKey as err:
+            raise RankMapError(f"{path}: key {err.args[0]!r} appears twice; give each module one rank") from None
         return cls.from_dict(data, source=str(path))
 
     # -- PEFT ------------------------------------------------------------------------------------

@@ -119,11 +119,13 @@ def test_validation_lists_every_offending_entry(small_bert):
         ('{"ranks": {"a": -2, "b": "x"}}', "ranks must be integers >= 0, got 'a': -2, 'b': 'x'"),
         ('{"ranks": {"a": 2}, "format_version": 99}', "format_version 99 is not supported"),
         ('{"ranks": {"a": 2}, "alpha_mode": "weird"}', "alpha_mode must be"),
+        ('{"ranks": {"a": 2, "b": 4, "a": 8}}', "key 'a' appears twice"),
+        (b'{"ranks": {"caf\xe9": 2}}', "not UTF-8 text"),
     ],
 )
 def test_malformed_files_say_what_is_wrong(tmp_path, content, expected):
     path = tmp_path / "map.json"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(RankMapError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         RankMap.load(path)
 
