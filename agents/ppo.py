@@ -117,10 +117,9 @@ def run(args: Args) -> dict[str, Any]:
     model.learn(total_timesteps=args.budget, callback=CallbackList([Budget(), checkpoints]))
     model.save(str(run_dir.path / "checkpoints" / "ppo_final"))
     progress.close()
-    template, lam, modules = (venv.get_attr(name, [0])[0] for name in ("template", "lam", "modules"))
+    template, lam = (venv.get_attr(name, [0])[0] for name in ("template", "lam"))
     venv.close()
-    return run_dir.finish(template, lam, started, "ppo", fan_in_fan_out=any(m.kind == "qkv" for m in modules),
-                          promotion=args.promotion())
+    return run_dir.finish(template, lam, started, "ppo", promotion=args.promotion())
 
 
 if __name__ == "__main__":

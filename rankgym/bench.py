@@ -100,8 +100,7 @@ def peft_baseline(evaluator: FinetuneEvaluator, rank_map: RankMap, model_name_or
 
     _sync(device)
     start = time.perf_counter()
-    config = rank_map.to_peft_config(fan_in_fan_out=evaluator.spec.family == "gpt2",
-                                     modules_to_save=[n for n, _ in base.named_children() if n in HEAD_NAMES])
+    config = rank_map.to_peft_config(modules_to_save=[n for n, _ in base.named_children() if n in HEAD_NAMES])
     model = get_peft_model(copy.deepcopy(base), config)
     if rankgym_recipe:
         result = finetune(model, train, val, tokenizer.pad_token_id, recipe, evaluator.seed)

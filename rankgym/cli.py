@@ -57,9 +57,10 @@ def main() -> None:
 @click.option("--label-column", default="label", show_default=True, help="Label column of a task folder.")
 @click.option("--regression/--classification", default=None, help="A task folder's labels are float targets (default: detected).")
 @click.option("--out", type=click.Path(), help="Run folder (default: runs/finetune__BACKBONE__TASK__TIME).")
+@click.option("--peft-out", type=click.Path(), help="Also write the trained adapter here for PEFT (PeftModel.from_pretrained).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line: metric, trainable_params, seconds, out.")
 def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, train_examples, batch_size, lr, max_grad_norm,
-             val_examples, seed, device, data_dir, model_name_or_path, text_column, label_column, regression, out, as_json) -> None:
+             val_examples, seed, device, data_dir, model_name_or_path, text_column, label_column, regression, out, peft_out, as_json) -> None:
     """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter.
 
     Training never sees the score split a search scores maps on (held out of the training file),
@@ -94,10 +95,16 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
     out_dir = Path(out) if out else run_folder("finetune", backbone, evaluator.data.name)
     rank_map.provenance.update(backbone=backbone, task=evaluator.data.name, metric=evaluator.data.metric, value=result.metric, seed=seed)
     save_adapter(evaluator.model, out_dir, rank_map)
+    if peft_out:
+        from rankgym.backbones import load_backbone
+        from rankgym.lora.inject import save_peft_adapter
+
+        base, _ = load_backbone(backbone, model_name_or_path, evaluator.data.num_labels, seed)
+        save_peft_adapter(evaluator.model, base, peft_out, rank_map)
     summary = {"metric": result.metric, "trainable_params": result.params, "seconds": round(result.seconds, 2), "out": str(out_dir)}
     (out_dir / "result.json").write_text(json.dumps({**summary, "recipe": recipe.to_dict(), "seed": seed, **evaluator.identity()}, indent=2))
     click.echo(f"validation {evaluator.data.metric} {result.metric:.4f} | trainable adapter parameters {result.params:,} | "
-               f"{result.seconds:.1f} s | saved to {out_dir}", err=as_json)
+               f"{result.seconds:.1f} s | saved to {out_dir}" + (f", PEFT adapter in {peft_out}" if peft_out else ""), err=as_json)
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -215,8 +222,7 @@ def export(run_dir, peft_dir) -> None:
 
     with user_errors():
         best = RankMap.load(Path(run_dir) / "best_rank_map.json")
-        gpt2 = any(name.endswith(("c_attn", "c_fc")) for name in best.ranks)
-        config = best.to_peft_config(fan_in_fan_out=gpt2)
+        config = best.to_peft_config(task_type="SEQ_CLS")  # SEQ_CLS: PEFT trains and saves the task head too
         config.save_pretrained(peft_dir)
     active = sum(r > 0 for r in best.ranks.values())
     click.echo(f"wrote {Path(peft_dir) / 'adapter_config.json'}: {active} modules, ranks {min(config.rank_pattern.values())}.."

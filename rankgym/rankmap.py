@@ -22,6 +22,9 @@ FORMAT = "rankgym.rankmap"
 FORMAT_VERSION = 1
 
 
+CONV1D_NAMES = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D modules
+
+
 class _DuplicateKey(ValueError):
     pass
 
@@ -190,13 +193,20 @@ class RankMap:
         return cls.from_dict(data, source=str(path))
 
     # -- PEFT ------------------------------------------------------------------------------------
-    def to_peft_config(self, fan_in_fan_out: bool = False, **kwargs: Any):
+    @property
+    def fan_in_fan_out(self) -> bool:
+        """Whether the modules are GPT-2's Conv1D (weights stored in x out), by their names: the one
+        rule every export uses (a GPT-2 map naming only ``c_proj`` modules included)."""
+        return any(name.rsplit(".", 1)[-1] in CONV1D_NAMES for name in self.ranks)
+
+    def to_peft_config(self, fan_in_fan_out: bool | None = None, **kwargs: Any):
         """A ``peft.LoraConfig`` with the same rank on every module.
 
         Target modules are the full names (rank-0 modules left out: PEFT refuses r=0); every
         module gets an escaped, full-name ``rank_pattern`` key, since PEFT matches those keys as
-        regexes against the end of module names. ``fan_in_fan_out=True`` for GPT-2's Conv1D.
-        Extra keyword arguments go to ``LoraConfig`` (``modules_to_save``, ``task_type``, ...).
+        regexes against the end of module names. ``fan_in_fan_out`` defaults to
+        :attr:`fan_in_fan_out`. Extra keyword arguments go to ``LoraConfig`` (``modules_to_save``,
+        ``task_type``, ...).
         """
         from peft import LoraConfig
 
@@ -213,7 +223,7 @@ class RankMap:
             alpha_pattern=alpha_pattern,
             use_rslora=self.rslora,
             lora_dropout=0.0,
-            fan_in_fan_out=fan_in_fan_out,
+            fan_in_fan_out=self.fan_in_fan_out if fan_in_fan_out is None else fan_in_fan_out,
             **kwargs,
         )
 

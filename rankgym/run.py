@@ -183,12 +183,10 @@ class RunDir:
     def log(self, worker: int = 0, allow_divergence: bool = False) -> StepLog:
         return StepLog(self.store_path, worker, allow_divergence)
 
-    def finish(self, template: RankMap, lam: float, started: float, agent: str, fan_in_fan_out: bool = False,
-               promotion: Promotion | None = None) -> dict[str, Any]:
+    def finish(self, template: RankMap, lam: float, started: float, agent: str, promotion: Promotion | None = None) -> dict[str, Any]:
         """Write steps.csv, promote the top maps, then the answer (rankgym JSON and PEFT config) and summary.json.
 
-        ``template`` carries the environment's modules and alpha policy; ``fan_in_fan_out`` is
-        True for GPT-2's Conv1D modules (PEFT needs it). The answer is the promoted winner where
+        ``template`` carries the environment's modules and alpha policy. The answer is the promoted winner where
         the search was promoted (see :mod:`rankgym.promotion`), else the best search score.
         """
         rows = self.log().rows()
@@ -207,7 +205,7 @@ class RunDir:
             answer.provenance.update(metric=best["metric"], params=best["params"], score=best["score"])
         answer.save(self.path / "best_rank_map.json")
         if any(answer.ranks.values()):
-            answer.to_peft_config(fan_in_fan_out=fan_in_fan_out).save_pretrained(str(self.path))
+            answer.to_peft_config(task_type="SEQ_CLS").save_pretrained(str(self.path))
         steps = [r for r in rows if r["kind"] != "reset"]
         start = next((r for r in rows if r["kind"] == "reset" and r["error"] is None), None)
         summary = {
@@ -266,8 +264,7 @@ def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | No
 def finish_search(run_dir: RunDir, env, started: float, progress: Progress, args: "SearchArgs") -> dict[str, Any]:
     progress.close()
     env.close()  # frees the search's model before promotion loads its own
-    return run_dir.finish(env.template, env.lam, started, run_dir.config["agent"], fan_in_fan_out=any(m.kind == "qkv" for m in env.modules),
-                          promotion=args.promotion())
+    return run_dir.finish(env.template, env.lam, started, run_dir.config["agent"], promotion=args.promotion())
 
 
 @dataclass

@@ -32,11 +32,22 @@ def test_finetune_tiny_saves_adapter_and_prints_json(tmp_path, sst2_dir):
     assert set(saved.ranks.values()) == {2} and saved.provenance["value"] == summary["metric"]
     assert (out / "adapter.safetensors").is_file()
 
-    # retraining the saved map with the same seed reproduces the metric
+    # retraining the saved map with the same seed reproduces the metric, and PEFT loads the trained adapter
     again = run("finetune", "--backbone", "tiny", "--rank-map", str(out / "rank_map.json"), "--train-examples", "64",
                 "--batch-size", "16", "--val-examples", "32", "--device", "cpu", "--data-dir", str(sst2_dir),
-                "--out", str(tmp_path / "again"), "--json")
+                "--out", str(tmp_path / "again"), "--peft-out", str(tmp_path / "peft"), "--json")
     assert json.loads(again.stdout.strip().splitlines()[-1])["metric"] == summary["metric"]
+    import torch
+    from peft import PeftModel
+
+    from rankgym.backbones import load_backbone
+    from rankgym.lora.inject import load_adapter
+
+    ours, _ = load_backbone("tiny", None, 2, 0)
+    load_adapter(ours, tmp_path / "again")
+    theirs = PeftModel.from_pretrained(load_backbone("tiny", None, 2, 0)[0], str(tmp_path / "peft"))
+    ids = torch.randint(1, 200, (3, 12), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(theirs(input_ids=ids).logits, ours(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -176,3 +176,32 @@ def test_merging_a_whole_model_keeps_outputs_and_unmerging_restores_weights(smal
     unmerge(small_gpt2)
     for name, layer in layers.items():
         torch.testing.assert_close(layer.base.weight, weights[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fixture,backbone", [("small_bert", "minilm"), ("small_gpt2", "gpt2")])
+@pytest.mark.parametrize("alpha_mode,rslora", [("fixed", False), ("ratio", False), ("fixed", True)])
+def test_a_trained_adapter_loads_in_peft_with_the_same_logits(fixture, backbone, alpha_mode, rslora, request, tmp_path):
+    from peft import PeftModel
+
+    from rankgym.lora.inject import save_peft_adapter
+
+    model = request.getfixturevalue(fixture)
+    rank_map = varied_map(model, backbone, alpha_mode)  # rank-0 modules included
+    rank_map.rslora = rslora
+    ours = copy.deepcopy(model)
+    layers = apply_rank_map(ours, rank_map)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(0, 0.5, generator=g)
+        head = ours.classifier if backbone == "minilm" else ours.score
+        head.weight.normal_(0, 1.0, generator=g)
+    save_peft_adapter(ours, copy.deepcopy(model), tmp_path, rank_map)
+    assert {p.name for p in tmp_path.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    loaded = PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path))
+    assert loaded.peft_config["default"].task_type == "SEQ_CLS"
+    ids = torch.randint(1, 300, (3, 9), generator=g)
+    expected = ours(input_ids=ids).logits
+    assert not torch.allclose(expected, model(input_ids=ids).logits, atol=1e-3)
+    torch.testing.assert_close(loaded(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loaded.merge_and_unload()(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)

@@ -91,6 +91,32 @@ def save_adapter(model: nn.Module, directory: str | Path, rank_map: RankMap) -> 
     return directory
 
 
+def save_peft_adapter(model: nn.Module, base: nn.Module, directory: str | Path, rank_map: RankMap) -> Path:
+    """Write ``model``'s trained adapter as a PEFT adapter folder that ``PeftModel.from_pretrained`` loads.
+
+    ``base`` is a fresh copy of the backbone ``model`` was built from (it is wrapped in place).
+    The folder holds ``adapter_config.json`` (``task_type="SEQ_CLS"``, the head as
+    ``modules_to_save``) and ``adapter_model.safetensors`` with the trained factors (rank-0
+    modules left out) and the task head.
+    """
+    from peft import get_peft_model
+
+    layers = {name: layer for name, layer in lora_layers(model).items() if layer.rank}
+    heads = list(head_modules(model))
+    config = rank_map.replace({name: layer.rank for name, layer in layers.items()}).to_peft_config(
+        task_type="SEQ_CLS", modules_to_save=list(heads))  # a copy: PEFT extends the list it is given
+    peft_model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            target = peft_model.base_model.model.get_submodule(name)
+            target.lora_A["default"].weight.copy_(layer.lora_A[: layer.rank])
+            target.lora_B["default"].weight.copy_(layer.lora_B[:, : layer.rank])
+        for name in heads:
+            peft_model.base_model.model.get_submodule(name).modules_to_save["default"].load_state_dict(model.get_submodule(name).state_dict())
+    peft_model.save_pretrained(str(directory))
+    return Path(directory)
+
+
 def load_adapter(model: nn.Module, directory: str | Path) -> RankMap:
     """Apply the saved rank map to ``model`` and load the saved factors and head into it."""
     directory = Path(directory)
