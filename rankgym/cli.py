@@ -217,7 +217,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--peft", "peft_dir", type=click.Path(), required=True, help="Folder to write adapter_config.json to.")
 def export(run_dir, peft_dir) -> None:
-    """Write the best map of RUN_DIR as a PEFT LoraConfig (adapter_config.json)."""
+    """Write the answer of RUN_DIR as a PEFT LoraConfig (adapter_config.json, task_type SEQ_CLS); no weights."""
     from rankgym.rankmap import RankMap
 
     with user_errors():
@@ -227,6 +227,8 @@ def export(run_dir, peft_dir) -> None:
     active = sum(r > 0 for r in best.ranks.values())
     click.echo(f"wrote {Path(peft_dir) / 'adapter_config.json'}: {active} modules, ranks {min(config.rank_pattern.values())}.."
                f"{max(config.rank_pattern.values())}; load with peft.LoraConfig.from_pretrained({str(peft_dir)!r})")
+    click.echo("config only: a search keeps no trained weights; for a trained adapter PEFT loads, run "
+               f"`rankgym finetune --rank-map {Path(run_dir) / 'best_rank_map.json'} --peft-out DIR`")
 
 
 @main.command()

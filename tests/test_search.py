@@ -54,6 +54,7 @@ def test_random_search_writes_every_artefact_and_a_loadable_peft_config(tmp_path
     assert exported.exit_code == 0, exported.output
     config = LoraConfig.from_pretrained(str(out))
     assert RankMap.from_peft_config(config).ranks == {n: r for n, r in best.ranks.items() if r > 0}
+    assert config.task_type == "SEQ_CLS" and "config only" in exported.output and "--peft-out" in exported.output
 
 
 def test_resume_refuses_a_changed_search_and_an_existing_folder(tmp_path):
