@@ -90,7 +90,7 @@ def run(args: Args) -> dict[str, Any]:
         logs = [StepLog(store, i, args.allow_divergence) for i in range(args.n_envs)]
 
         def on_evaluation(i: int, kind: str, info: dict, reward: float) -> None:
-            logs[i].record(kind, info, reward)
+            logs[i].record(kind, info, reward, cache_hit=core.envs[i].last_evaluation.cache_hit)
             progress(kind, info, reward)
 
         core = make_batched_episodes(args.n_envs, args.env_id, on_evaluation, **worker_kwargs(0))

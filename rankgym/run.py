@@ -61,7 +61,7 @@ class StepLog:
         self.idx = 0
         self.logged = self.db.execute("SELECT COUNT(*) FROM steps WHERE worker = ?", (worker,)).fetchone()[0]
 
-    def record(self, kind: str, info: dict[str, Any], reward: float, label: str | None = None) -> bool:
+    def record(self, kind: str, info: dict[str, Any], reward: float, label: str | None = None, cache_hit: bool = False) -> bool:
         """Append one evaluation; returns False when resuming replays a row that is already logged.
 
         A replayed row must match the logged one (kind, map and metric); on the first mismatch this
@@ -85,7 +85,7 @@ class StepLog:
             "INSERT OR IGNORE INTO steps (worker, idx, kind, label, metric, params, cost, reward, score, seconds, cache_hit,"
             " error, rank_map, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.worker, self.idx, kind, label, _finite(info["metric"]), info["params"], info["cost"], reward,
-             _finite(info["score"]), info["seconds"], int(bool(info["cache_hit"])), info["error"], rank_map, time.time()),
+             _finite(info["score"]), info["seconds"], int(cache_hit), info["error"], rank_map, time.time()),
         )
         return True
 
@@ -126,7 +126,7 @@ class RecordEvaluations(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def _record(self, kind: str, info: dict[str, Any], reward: float) -> None:
-        self.log.record(kind, info, reward)
+        self.log.record(kind, info, reward, cache_hit=self.env.unwrapped.last_evaluation.cache_hit)
         if self.on_record:
             self.on_record(kind, info, reward)
 
@@ -256,7 +256,7 @@ def open_search(args: "SearchArgs", agent: str):
 def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | None = None) -> dict[str, Any]:
     """Evaluate one proposed map (ranks in module order) through the env's store; log it."""
     info = env.evaluate_map(dict(zip(env.names, (int(r) for r in ranks))))
-    log.record("map", info, info["reward"], label)
+    log.record("map", info, info["reward"], label, env.last_evaluation.cache_hit)
     progress("map", info, info["reward"])
     return info
 

@@ -101,15 +101,15 @@ def test_the_elastic_env_answers_from_its_store_and_every_agent_can_use_it(sst2_
     env = gym.make("RankSearch-tiny-sst2-v0", evaluator="elastic", elastic_examples=64, val_examples=48, device="cpu",
                    data_dir=str(sst2_dir), store=str(store)).unwrapped
     _, info = env.reset(seed=0)
-    assert info["split"] == "score" and not info["cache_hit"]
+    assert info["split"] == "score" and not env.last_evaluation.cache_hit
     assert (tmp_path / "run" / "elastic").is_dir() and env.evaluator.identity()["evaluator"] == "elastic-v1"
     _, _, _, _, info = env.step(env.action_space.sample())
     assert info["seconds"] < 30 and info["error"] is None
     env.close()
     again = gym.make("RankSearch-tiny-sst2-v0", evaluator="elastic", elastic_examples=64, val_examples=48, device="cpu",
                      data_dir=str(sst2_dir), store=str(store)).unwrapped
-    _, info = again.reset(seed=0)
-    assert info["cache_hit"]
+    again.reset(seed=0)
+    assert again.last_evaluation.cache_hit
 
     from click.testing import CliRunner
 

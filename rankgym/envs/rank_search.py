@@ -116,6 +116,7 @@ class RankSearchEnv(gym.Env):
         self.last_score = self.last_metric = self.last_cost = 0.0
         self.best: dict[str, Any] | None = None
         self.evaluations = 0
+        self.last_evaluation: Evaluation | None = None  # its cache_hit says whether the store answered
 
     # -- construction helpers ------------------------------------------------------------------
     def _initial_ranks(self, initial_map, initial_rank: int) -> np.ndarray:
@@ -194,6 +195,9 @@ class RankSearchEnv(gym.Env):
         return np.clip(np.concatenate([np.hstack([rel, self._static]).ravel(), glob]), 0.0, 1.0).astype(np.float32)
 
     def _record(self, rank_map: RankMap, evaluation: Evaluation) -> dict[str, Any]:
+        # Whether it came from the store is kept out of info (Gymnasium's determinism check compares
+        # the infos of two identical steps, and the second one is a store hit): last_evaluation says it.
+        self.last_evaluation = evaluation
         cost = self.cost(rank_map)
         score = evaluation.metric - self.lam * cost
         info = {
@@ -203,7 +207,6 @@ class RankSearchEnv(gym.Env):
             "cost": cost,
             "score": score,
             "seconds": evaluation.seconds,
-            "cache_hit": evaluation.cache_hit,
             "rank_map": dict(rank_map.ranks),
             "error": evaluation.error,
         }
