@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 .PHONY: setup run test test-slow
 setup: $(BIN)/.installed
 
-# A real search on the offline MiniLM backbone, about a quarter of an hour on 2 CPU cores: PPO over
+# A real search on the offline MiniLM backbone, about ten minutes on 2 CPU cores: PPO over
 # 24 fine-tunes of 1,024 SST-2 examples each (scored on 872 examples held out of training),
 # starting from uniform rank 8; then promotion: the best map and uniform rank 8 retrained with the
 # full recipe (8,192 examples) with 3 seeds each, validated on the validation split.
