@@ -272,6 +272,19 @@ def load_task(task: str, data_dir: str | Path | None = None, text_column: str = 
     raise TaskError(f"unknown task {task!r}: use one of {', '.join(TASKS)} or a folder with train/validation TSV or CSV files")
 
 
+def standardized(splits: list[Split], reference: Split) -> list[Split]:
+    """Float targets in units of ``reference``'s standard deviation around its mean.
+
+    A fresh head starts near 0 while STS-B's targets average 2.7: at AdamW's per-step size the
+    bias alone needs thousands of steps to get there. Pearson and Spearman correlations do not
+    change under this affine map, so metrics are the same; the loss is in standard units.
+    """
+    import statistics
+
+    mean, std = statistics.fmean(reference.labels), statistics.pstdev(reference.labels) or 1.0
+    return [Split(s.texts, [(y - mean) / std for y in s.labels], s.pairs) for s in splits]
+
+
 SCORE_SPLIT_SEED = 20261128  # one fixed split per task: every seed and evaluator scores on the same examples
 
 

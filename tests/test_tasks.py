@@ -93,3 +93,17 @@ def test_every_glue_id_makes_offline_and_scores_with_its_metric(task, sst2_dir):
         assert env.evaluator.model.config.num_labels == 1 and env.evaluator.train_set.labels.is_floating_point()
     values = env.evaluator.val_set
     assert len(values) == min(1000, len(env.evaluator.data.validation))
+
+
+def test_regression_targets_are_standardized_without_changing_the_metric(sst2_dir):
+    from rankgym.evaluators.finetune import FinetuneEvaluator
+    from rankgym.training import Recipe
+
+    evaluator = FinetuneEvaluator("tiny", "stsb", Recipe(train_examples=256, val_examples=64), 0, "cpu", max_rank=4,
+                                  data_dir=str(sst2_dir), score_on="validation")
+    raw = np.array(evaluator.data.validation.labels)
+    scaled = evaluator.val_set.labels.numpy().astype(np.float64)
+    assert abs(evaluator.train_set.labels.mean().item()) < 0.2 and 0.8 < evaluator.train_set.labels.std().item() < 1.2
+    slope, intercept = np.polyfit(raw, scaled, 1)  # one affine map for every target
+    np.testing.assert_allclose(scaled, slope * raw + intercept, atol=1e-5)
+    assert metrics.pearson(PRED_VALUES[:64], raw[:64]) == pytest.approx(metrics.pearson(PRED_VALUES[:64], scaled[:64]))

@@ -21,7 +21,7 @@ from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
 from rankgym.lora.inject import apply_rank_map
 from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
-from rankgym.tasks import encode, hold_out_score_split, load_task
+from rankgym.tasks import encode, hold_out_score_split, load_task, standardized
 from rankgym.recipe import ALPHA_POLICY, Recipe
 from rankgym.training import FinetuneResult, default_eval_batch_size, finetune, init_adapters, training_subset
 
@@ -113,11 +113,14 @@ class FinetuneEvaluator(Evaluator):
             self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
         self.model.to(self.device)
         pool, score = hold_out_score_split(self.data, score_examples)
+        validation = self.data.validation
+        if self.data.regression:
+            pool, score, validation = standardized([pool, score, validation], pool)
         self.split, self.score_examples = score_on, len(score)
         subset = training_subset(len(pool), recipe, seed)
         metric = self.data.metric
         self.train_set = encode(pool.subset(subset), self.tokenizer, recipe.max_length, metric)
-        self.val_set = encode(score if score_on == "score" else self.data.validation, self.tokenizer, recipe.max_length, metric)
+        self.val_set = encode(score if score_on == "score" else validation, self.tokenizer, recipe.max_length, metric)
         self.revision = _revision(self.model, backbone)
         self._modules = module_infos(self.model, self.spec)
         self.last_result: FinetuneResult | None = None  # the last evaluation's losses and step count
