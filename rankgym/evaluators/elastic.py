@@ -104,6 +104,7 @@ class ElasticEvaluator(FinetuneEvaluator):
                 for layer, rank in zip(layers, rng.choice(self.grid, size=len(layers))):
                     layer.use_prefix(self.max_rank if full else int(rank))
 
+            # finetune ends with a validation pass; one example keeps it cheap (maps are scored one by one later)
             self.last_result = finetune(self.model, self.train_set, self.val_set.take([0]), self.tokenizer.pad_token_id,
                                         self.recipe, self.seed, progress=self.progress, description="elastic adapter",
                                         before_step=draw)
