@@ -67,6 +67,7 @@ class Encoded:
     ids: list[torch.Tensor]
     labels: torch.Tensor  # long class ids, or float targets for regression
     metric: str = "accuracy"
+    types: list[torch.Tensor] | None = None  # segment ids of sentence pairs, where the tokenizer makes them (BERT)
 
     @property
     def lengths(self) -> list[int]:
@@ -80,7 +81,8 @@ class Encoded:
         return len(self.ids)
 
     def take(self, indices: list[int]) -> "Encoded":
-        return Encoded([self.ids[i] for i in indices], self.labels[indices], self.metric)
+        types = [self.types[i] for i in indices] if self.types is not None else None
+        return Encoded([self.ids[i] for i in indices], self.labels[indices], self.metric, types)
 
 
 @dataclass(frozen=True)
@@ -331,11 +333,15 @@ def encode(split: Split, tokenizer, max_length: int = 128, metric: str = "accura
     pairs = tuple(split.pairs) if split.pairs is not None else None
     key = (tokenizer.name_or_path, len(tokenizer), max_length, hash(tuple(split.texts)), hash(pairs), hash(tuple(split.labels)), metric)
     if key not in _ENCODED:
+        types = None
         if split.pairs is not None and tokenizer.num_special_tokens_to_add(pair=True) == 0:
             ids = _joined_pairs(tokenizer, split.texts, split.pairs, max_length)
         else:
-            ids = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length)["input_ids"]
+            encoded = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length)
+            ids = encoded["input_ids"]
+            if split.pairs is not None and "token_type_ids" in encoded:
+                types = [torch.tensor(t, dtype=torch.long) for t in encoded["token_type_ids"]]
         regression = any(isinstance(y, float) for y in split.labels)
         labels = torch.tensor(split.labels, dtype=torch.float32 if regression else torch.long)
-        _ENCODED[key] = Encoded([torch.tensor(x, dtype=torch.long) for x in ids], labels, metric)
+        _ENCODED[key] = Encoded([torch.tensor(x, dtype=torch.long) for x in ids], labels, metric, types)
     return _ENCODED[key]

@@ -83,11 +83,20 @@ def predictions(logits: torch.Tensor, regression: bool) -> torch.Tensor:
     return logits.squeeze(-1) if regression else logits.argmax(-1)
 
 
-def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, copies: int) -> torch.Tensor:
+def batch_inputs(data: Encoded, idx: list[int], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's inputs for examples ``idx``: ids and mask, and segment ids for BERT-style sentence pairs."""
+    input_ids, mask = pad_batch([data.ids[i] for i in idx], pad_id, device)
+    inputs = {"input_ids": input_ids, "attention_mask": mask}
+    if data.types is not None:
+        inputs["token_type_ids"] = pad_batch([data.types[i] for i in idx], 0, device)[0]
+    return inputs
+
+
+def _forward(model: nn.Module, inputs: dict[str, torch.Tensor], copies: int) -> torch.Tensor:
     """Logits of shape (copies, batch, labels): the batch repeated once per configuration."""
     if copies > 1:
-        input_ids, mask = input_ids.repeat(copies, 1), mask.repeat(copies, 1)
-    return model(input_ids=input_ids, attention_mask=mask).logits.float().reshape(copies, -1, model.config.num_labels)
+        inputs = {k: v.repeat(copies, 1) for k, v in inputs.items()}
+    return model(**inputs).logits.float().reshape(copies, -1, model.config.num_labels)
 
 
 def default_eval_batch_size(device: torch.device) -> int:
@@ -113,9 +122,8 @@ def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: in
     loss_sum = torch.zeros(copies, dtype=torch.float64)
     for k in range(0, n, batch_size):
         idx = order[k : k + batch_size]
-        input_ids, mask = pad_batch([data.ids[i] for i in idx], pad_id, device)
         labels = data.labels[idx].to(device)
-        logits = _forward(model, input_ids, mask, copies)
+        logits = _forward(model, batch_inputs(data, idx, pad_id, device), copies)
         for c in range(copies):
             loss_sum[c] += task_loss(logits[c], labels, reduction="sum").item()
             preds[c][idx] = predictions(logits[c], data.regression).to(preds[c].dtype).cpu()
@@ -215,8 +223,7 @@ def finetune_copies(
     for step, idx in enumerate(bar):
         if before_step is not None:
             before_step(step)
-        input_ids, mask = pad_batch([train.ids[i] for i in idx], pad_id, device)
-        logits = _forward(model, input_ids, mask, copies)
+        logits = _forward(model, batch_inputs(train, idx, pad_id, device), copies)
         labels = train.labels[idx].to(device)
         per_copy = [task_loss(logits[c], labels) for c in range(copies)]
         values = torch.stack(per_copy).tolist()

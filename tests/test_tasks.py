@@ -64,8 +64,13 @@ def test_sentence_pairs_are_encoded_as_pairs(backbone):
     encoded = encode(Split(["the cat sat"], [1], ["a dog ran"]), tokenizer, 128)
     ids = encoded.ids[0].tolist()
     a, b = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("the cat sat", "a dog ran"))
-    if backbone == "minilm":  # BERT's own pair encoding: [CLS] a [SEP] b [SEP]
+    if backbone == "minilm":  # BERT's own pair encoding: [CLS] a [SEP] b [SEP], with segment ids
         assert ids == [tokenizer.cls_token_id, *a, tokenizer.sep_token_id, *b, tokenizer.sep_token_id]
+        assert encoded.types[0].tolist() == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        from rankgym.training import batch_inputs
+
+        inputs = batch_inputs(encoded, [0], 0, torch.device("cpu"))
+        assert inputs["token_type_ids"].tolist() == [encoded.types[0].tolist()]
     else:  # GPT-2 style tokenizers only concatenate: the texts are joined by end-of-text
         assert ids == [*a, tokenizer.eos_token_id, *b]
     long = encode(Split(["word " * 100], [0], ["other " * 10]), tokenizer, 32)
