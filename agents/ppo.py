@@ -64,10 +64,10 @@ def run(args: Args) -> dict[str, Any]:
 
     from rankgym.envs.vector import RankSearchVecEnv
     from rankgym.registry import make_batched_episodes
-    from rankgym.run import Progress, RunDir, StepLog, default_run_dir
+    from rankgym.run import Progress, RunDir, StepLog, run_folder
 
     hp = hyperparameters(args.env_id, args.hyperparams)
-    out = args.out or default_run_dir(args.env_id, "ppo", args.seed)
+    out = args.out or run_folder(args.env_id, "ppo", args.seed)
     run_dir = RunDir(out, {**args.config(), "agent": "ppo", "n_envs": args.n_envs, "devices": args.devices, "hyperparams": hp},
                      resume=args.resume)
     started = time.time()
@@ -119,7 +119,7 @@ def run(args: Args) -> dict[str, Any]:
     progress.close()
     template, lam = (venv.get_attr(name, [0])[0] for name in ("template", "lam"))
     venv.close()
-    return run_dir.finish(template, lam, started, "ppo", promotion=args.promotion())
+    return run_dir.finish(template, lam, started, promotion=args.promotion())
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ class RunDir:
     def log(self, worker: int = 0, allow_divergence: bool = False) -> StepLog:
         return StepLog(self.store_path, worker, allow_divergence)
 
-    def finish(self, template: RankMap, lam: float, started: float, agent: str, promotion: Promotion | None = None) -> dict[str, Any]:
+    def finish(self, template: RankMap, lam: float, started: float, promotion: Promotion | None = None) -> dict[str, Any]:
         """Write steps.csv, promote the top maps, then the answer (rankgym JSON and PEFT config) and summary.json.
 
         ``template`` carries the environment's modules and alpha policy. The answer is the promoted winner where
@@ -200,7 +200,7 @@ class RunDir:
         best = max(scored, key=lambda r: r["score"])
         table = promote(rows, self.config["env_id"], self.config.get("env_kwargs", {}), self.store_path, promotion) if promotion else None
         answer = (table and promoted_map(template, table)) or template.replace(json.loads(best["rank_map"]))
-        answer.provenance.update(agent=agent, lam=lam, run=str(self.path))
+        answer.provenance.update(agent=self.config["agent"], lam=lam, run=str(self.path))
         if table is None:
             answer.provenance.update(metric=best["metric"], params=best["params"], score=best["score"])
         answer.save(self.path / "best_rank_map.json")
@@ -211,7 +211,7 @@ class RunDir:
         summary = {
             "run": str(self.path),
             "env_id": self.config.get("env_id"),
-            "agent": agent,
+            "agent": self.config["agent"],
             "seed": self.config.get("seed"),
             "best_reward": best["score"],
             "best_metric": best["metric"],
@@ -239,15 +239,12 @@ def run_folder(*parts: object) -> Path:
     return Path("runs") / "__".join([*map(str, parts), time.strftime("%Y%m%d-%H%M%S")])
 
 
-def default_run_dir(env_id: str, agent: str, seed: int) -> str:
-    return str(run_folder(env_id, agent, seed))
-
 
 def open_search(args: "SearchArgs", agent: str):
     """Run folder, environment (writing to the run's store), step log and progress bar of a map-proposing agent."""
     import rankgym  # noqa: F401  (registers the ids)
 
-    out = args.out or default_run_dir(args.env_id, agent, args.seed)
+    out = args.out or run_folder(args.env_id, agent, args.seed)
     run_dir = RunDir(out, {"agent": agent, **args.config()}, resume=args.resume)
     env = gym.make(args.env_id, **args.env_kwargs_for_run(str(run_dir.store_path))).unwrapped
     return run_dir, env, run_dir.log(allow_divergence=args.allow_divergence), Progress(args.budget, f"{agent} {args.env_id}")
@@ -264,7 +261,7 @@ def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | No
 def finish_search(run_dir: RunDir, env, started: float, progress: Progress, args: "SearchArgs") -> dict[str, Any]:
     progress.close()
     env.close()  # frees the search's model before promotion loads its own
-    return run_dir.finish(env.template, env.lam, started, run_dir.config["agent"], promotion=args.promotion())
+    return run_dir.finish(env.template, env.lam, started, promotion=args.promotion())
 
 
 @dataclass

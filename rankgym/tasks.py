@@ -139,8 +139,8 @@ def _rows(path: Path, header: bool, columns: tuple) -> list[tuple[int, list[str]
 
 
 def _read_split(path: Path, header: bool, text: tuple, label, regression: bool | None,
-                label_names: tuple[str, ...] = ()) -> tuple[Split, list[str], bool]:
-    """A split, its raw label strings and whether its labels are float targets."""
+                label_names: tuple[str, ...] = ()) -> tuple[Split, bool]:
+    """A split (labels still as written, or floats) and whether its labels are float targets."""
     rows = _rows(path, header, (*text, label))
     texts = [r[0] for _, r in rows]
     pairs = [r[1] for _, r in rows] if len(text) == 2 else None
@@ -151,12 +151,12 @@ def _read_split(path: Path, header: bool, text: tuple, label, regression: bool |
         for line, value in raw:
             if not _is_float(value):
                 raise TaskError(f"{path}:{line}: target {value!r} in column {label!r} is not a number (a regression task)")
-        return Split(texts, [float(v) for _, v in raw], pairs), [], True
+        return Split(texts, [float(v) for _, v in raw], pairs), True
     if label_names:
         for line, value in raw:
             if value not in label_names:
                 raise TaskError(f"{path}:{line}: label {value!r} in column {label!r} is none of {', '.join(label_names)}")
-    return Split(texts, [v for _, v in raw], pairs), [v for _, v in raw], False
+    return Split(texts, [v for _, v in raw], pairs), False
 
 
 def _is_float(value: str) -> bool:
@@ -174,7 +174,7 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _number_labels(name: str, train: Split, validation: Split, label_names: tuple[str, ...] = ()) -> tuple[list[str], int]:
+def _number_labels(train: Split, validation: Split, label_names: tuple[str, ...] = ()) -> tuple[list[str], int]:
     """Turn string labels into ids in place: given names in order, integers as themselves, else sorted names."""
     raw = set(train.labels) | set(validation.labels)
     if label_names:
@@ -213,11 +213,11 @@ def load_folder(folder: str | Path, name: str | None = None, text_column: str = 
             text, label = tuple(int(c) for c in text), int(label_column)
         except ValueError:
             raise TaskError(f"{folder}: without a header, name columns by position (e.g. --text-column 3 --label-column 1)") from None
-    train, _, is_regression = _read_split(train_file, header, text, label, regression)
-    validation, _, _ = _read_split(val_file, header, text, label, is_regression)
+    train, is_regression = _read_split(train_file, header, text, label, regression)
+    validation, _ = _read_split(val_file, header, text, label, is_regression)
     if is_regression:
         return TaskData(name or folder.name, train, validation, 1, metric or "pearson")
-    names, num_labels = _number_labels(name or folder.name, train, validation)
+    names, num_labels = _number_labels(train, validation)
     return TaskData(name or folder.name, train, validation, num_labels, metric or "accuracy", names)
 
 
@@ -227,11 +227,11 @@ def load_glue_folder(task: str, folder: Path) -> TaskData:
     files = [folder / "train.tsv", folder / f"{spec.validation_file}.tsv"]
     if not files[1].is_file() and (folder / "dev.tsv").is_file():
         files[1] = folder / "dev.tsv"
-    train, _, _ = _read_split(files[0], spec.header, spec.text, spec.label, spec.regression, spec.label_names)
-    validation, _, _ = _read_split(files[1], spec.header, spec.text, spec.label, spec.regression, spec.label_names)
+    train, _ = _read_split(files[0], spec.header, spec.text, spec.label, spec.regression, spec.label_names)
+    validation, _ = _read_split(files[1], spec.header, spec.text, spec.label, spec.regression, spec.label_names)
     if spec.regression:
         return TaskData(task, train, validation, 1, spec.metric)
-    names, num_labels = _number_labels(task, train, validation, spec.label_names)
+    names, num_labels = _number_labels(train, validation, spec.label_names)
     return TaskData(task, train, validation, num_labels, spec.metric, names)
 
 

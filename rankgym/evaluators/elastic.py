@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from rankgym.backbones import head_modules
 from rankgym.evaluators.base import Evaluation
@@ -117,9 +117,9 @@ class ElasticEvaluator(FinetuneEvaluator):
         if path is None or not path.is_file():
             return False
         try:
-            tensors = load_file(str(path))
-            with safe_open(str(path), "pt") as f:
+            with safe_open(str(path), "pt") as f:  # one read: tensors and metadata
                 metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as err:
             log.warning("ignoring unreadable elastic adapter %s (%s); training a new one", path, err)
             return False
@@ -150,9 +150,9 @@ class ElasticEvaluator(FinetuneEvaluator):
             layer.use_prefix(int(rank_map.ranks.get(name, 0)))
 
     def evaluate(self, rank_map: RankMap) -> Evaluation:
-        self.ensure_trained()
-        if max(rank_map.ranks.values(), default=0) > self.max_rank:
+        if max(rank_map.ranks.values(), default=0) > self.max_rank:  # refused before any training
             raise ValueError(f"the elastic adapter holds ranks up to {self.max_rank}; this map asks for {max(rank_map.ranks.values())}")
+        self.ensure_trained()
         start = time.perf_counter()
         self.slice_to(rank_map)
         metric, loss = evaluate(self.model, self.val_set, self.tokenizer.pad_token_id, self.recipe.eval_batch_size, self.recipe.val_examples)
