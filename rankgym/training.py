@@ -7,6 +7,7 @@ in length-sorted batches. SST-2 is short and uneven, so padding is most of the c
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -137,12 +138,22 @@ def evaluate(model: nn.Module, data: Encoded, pad_id: int, batch_size: int | Non
     return evaluate_copies(model, data, pad_id, batch_size, limit)[0]
 
 
+def module_generator(seed: int, name: str) -> torch.Generator:
+    """The random generator of one module's factors, seeded by (seed, module name).
+
+    One generator per module, not one consumed in module order: changing one module's rank then
+    leaves every other module's initial factors and the head as they were, so two maps that differ
+    in one module compare under common random numbers.
+    """
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 def init_adapters(model: nn.Module, seed: int) -> None:
-    """Seeded fresh adapters (at their current ranks) and a fresh task head."""
-    g = torch.Generator().manual_seed(seed)
-    for layer in lora_layers(model).values():
-        layer.reset_adapter(layer.rank, g)
-    init_head(model, g)
+    """Seeded fresh adapters (at their current ranks, each module by (seed, name)) and a task head (by seed)."""
+    for name, layer in lora_layers(model).items():
+        layer.reset_adapter(layer.rank, module_generator(seed, name))
+    init_head(model, torch.Generator().manual_seed(seed))
 
 
 def clip_per_copy(params: list[nn.Parameter], copies: int, max_norm: float) -> None:

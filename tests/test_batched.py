@@ -45,4 +45,4 @@ def test_fewer_maps_than_k_and_bad_counts(sst2_dir):
     assert len(first) == 2 and batched.evaluate(maps[0]).metric == first[0].metric
     with pytest.raises(ValueError, match="1..4 rank maps"):
         batched.evaluate_many(maps * 2)
-    assert batched.identity()["evaluator"] == "batched-v2"
+    assert batched.identity()["evaluator"] == f"batched-v{BatchedEvaluator.version}"

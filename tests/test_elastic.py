@@ -58,6 +58,18 @@ def test_a_sliced_elastic_adapter_is_the_peft_model_holding_those_factors(sst2_d
     assert evaluator.evaluate(other).metric != evaluation.metric or evaluator.evaluate(other).val_loss != evaluation.val_loss
 
 
+def test_a_score_does_not_depend_on_the_maps_scored_before_it(sst2_dir):
+    evaluator = elastic(sst2_dir)
+    rank_map, other = varied(evaluator), evaluator.template().replace({m.name: 8 for m in evaluator.modules})
+    first = evaluator.evaluate(rank_map)
+    frozen = {name: layer.base.weight.detach().clone() for name, layer in lora_layers(evaluator.model).items()}
+    for _ in range(3):
+        evaluator.evaluate(other)
+    again = evaluator.evaluate(rank_map)
+    assert (again.metric, again.val_loss) == (first.metric, first.val_loss)  # bit for bit: weights merged and restored
+    assert all(torch.equal(layer.base.weight, frozen[name]) and not layer.merged for name, layer in lora_layers(evaluator.model).items())
+
+
 SECOND_PROCESS = """
 import json, sys
 from rankgym.evaluators.elastic import ElasticEvaluator
@@ -102,7 +114,7 @@ def test_the_elastic_env_answers_from_its_store_and_every_agent_can_use_it(sst2_
                    data_dir=str(sst2_dir), store=str(store)).unwrapped
     _, info = env.reset(seed=0)
     assert info["split"] == "score" and not env.last_evaluation.cache_hit
-    assert (tmp_path / "run" / "elastic").is_dir() and env.evaluator.identity()["evaluator"] == "elastic-v1"
+    assert (tmp_path / "run" / "elastic").is_dir() and env.evaluator.identity()["evaluator"] == f"elastic-v{ElasticEvaluator.version}"
     _, _, _, _, info = env.step(env.action_space.sample())
     assert info["seconds"] < 30 and info["error"] is None
     env.close()

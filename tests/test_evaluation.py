@@ -123,3 +123,32 @@ def test_a_result_of_another_computation_is_never_answered_from_the_store(sst2_d
     others.append(evaluator.identity())
     for identity in others:
         assert store.get(store.register(identity, evaluator.modules), rank_map) is None
+
+
+def test_maps_that_differ_in_one_module_share_every_other_initial_draw(sst2_dir):
+    from rankgym.backbones import head_modules
+    from rankgym.lora.inject import apply_rank_map
+    from rankgym.training import init_adapters
+
+    evaluator = FinetuneEvaluator("tiny", "sst2", Recipe(train_examples=32), seed=4, device="cpu", max_rank=8, data_dir=str(sst2_dir))
+    names = [m.name for m in evaluator.modules]
+    base = evaluator.template().replace({n: 4 for n in names})
+    initial = []
+    for rank_map in (base, base.replace({names[1]: 6}), base.replace({names[1]: 2})):
+        apply_rank_map(evaluator.model, rank_map, max_rank=8)
+        init_adapters(evaluator.model, evaluator.seed)
+        A = {n: layer.lora_A.detach().clone() for n, layer in lora_layers(evaluator.model).items()}
+        head = {k: p.detach().clone() for h in head_modules(evaluator.model).values() for k, p in h.named_parameters()}
+        initial.append((A, head))
+    (A, head), (grown, grown_head), (shrunk, _) = initial
+    for n in names:
+        if n != names[1]:
+            assert torch.equal(grown[n], A[n]) and torch.equal(shrunk[n], A[n])
+    assert all(torch.equal(grown_head[k], head[k]) for k in head)
+    # the changed module draws the same stream: its common rows agree, the new ones are fresh
+    torch.testing.assert_close(grown[names[1]][:4], A[names[1]][:4], rtol=0, atol=0)
+    torch.testing.assert_close(shrunk[names[1]][:2], A[names[1]][:2], rtol=0, atol=0)
+    assert grown[names[1]][4:6].abs().sum() > 0 and shrunk[names[1]][2:].abs().sum() == 0
+    # a different seed draws differently, module by module
+    init_adapters(evaluator.model, evaluator.seed + 1)
+    assert not torch.equal(lora_layers(evaluator.model)[names[0]].lora_A, shrunk[names[0]])

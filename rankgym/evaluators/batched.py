@@ -18,7 +18,7 @@ from rankgym.evaluators.base import Evaluation
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.batched import BatchedLinear, BatchedLoRALayer
 from rankgym.rankmap import RankMap
-from rankgym.training import finetune_copies
+from rankgym.training import finetune_copies, module_generator
 
 
 class BatchedEvaluator(FinetuneEvaluator):
@@ -30,7 +30,7 @@ class BatchedEvaluator(FinetuneEvaluator):
     """
 
     name = "batched"
-    version = 2  # 2: as finetune v2
+    version = 3  # as finetune v3
 
     def __init__(self, *args: Any, k: int = 4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -77,9 +77,9 @@ class BatchedEvaluator(FinetuneEvaluator):
 
     def _initialise(self, rank_maps: list[RankMap]) -> None:
         """Each configuration's adapters and head, drawn exactly as ``init_adapters`` draws them alone."""
-        generators = [torch.Generator().manual_seed(self.seed) for _ in rank_maps]
         for name, layer in self.layers.items():
-            layer.set_ranks([m.ranks.get(name, 0) for m in rank_maps], generators)
+            layer.set_ranks([m.ranks.get(name, 0) for m in rank_maps], [module_generator(self.seed, name) for _ in rank_maps])
+        generators = [torch.Generator().manual_seed(self.seed) for _ in rank_maps]
         std = getattr(self.model.config, "initializer_range", 0.02)
         with torch.no_grad():
             for head in self.heads:

@@ -78,7 +78,7 @@ class FinetuneEvaluator(Evaluator):
     """
 
     name = "finetune"
-    version = 2  # 2: score split held out of training, gradient clipping, rank-robust alpha policy
+    version = 3  # 3: factors seeded per module (common random numbers); 2: score split held out of training, gradient clipping, rank-robust alpha policy
 
     def __init__(
         self,

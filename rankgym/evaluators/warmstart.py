@@ -28,7 +28,7 @@ class WarmStartEvaluator(FinetuneEvaluator):
     """
 
     name = "warmstart"
-    version = 2  # 2: as finetune v2
+    version = 3  # as finetune v3
     cacheable = False  # a result depends on the episode's history, and a hit would skip training the adapters
 
     def __init__(self, *args: Any, warm_examples: int | None = None, **kwargs: Any) -> None:

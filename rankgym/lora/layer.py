@@ -198,12 +198,19 @@ class LoRALayer(nn.Module):
             self.base.weight += self._base_delta().to(self.base.weight.dtype)
         self.merged = True
 
-    def unmerge(self) -> None:
-        """Undo :meth:`merge`."""
+    def unmerge(self, original: torch.Tensor | None = None) -> None:
+        """Undo :meth:`merge`: subtract the update, or copy back ``original`` (the weight before merging).
+
+        Subtracting leaves float rounding in the weight; a caller that merges thousands of times
+        (the elastic evaluator) keeps the original and restores it exactly.
+        """
         if not self.merged:
             return
         with torch.no_grad():
-            self.base.weight -= self._base_delta().to(self.base.weight.dtype)
+            if original is None:
+                self.base.weight -= self._base_delta().to(self.base.weight.dtype)
+            else:
+                self.base.weight.copy_(original)
         self.merged = False
 
     def _ensure_unmerged(self) -> None:
