@@ -205,3 +205,15 @@ def test_a_trained_adapter_loads_in_peft_with_the_same_logits(fixture, backbone,
     assert not torch.allclose(expected, model(input_ids=ids).logits, atol=1e-3)
     torch.testing.assert_close(loaded(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loaded.merge_and_unload()(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_peft_floor_ci_tests_is_the_one_pyproject_names():
+    import re
+    from pathlib import Path
+
+    import peft
+
+    root = Path(__file__).resolve().parents[1]
+    floor = re.search(r'"peft>=([0-9.]+)"', (root / "pyproject.toml").read_text()).group(1)
+    tested = re.search(r"PEFT_FLOOR := ([0-9.]+)", (root / "Makefile").read_text()).group(1)
+    assert tested.startswith(floor) and tuple(map(int, peft.__version__.split(".")[:2])) >= tuple(map(int, floor.split(".")[:2]))
