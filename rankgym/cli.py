@@ -13,9 +13,15 @@ from rankgym import __version__
 from rankgym.recipe import ALPHA_POLICY, Recipe
 
 
+class UserError(click.ClickException):
+    """A one-line error with exit code 2, as for a bad command line: the input must change, not rankgym."""
+
+    exit_code = 2
+
+
 def fail(message: str) -> None:
     """Exit with a one-line error (no traceback): what is wrong and how to fix it."""
-    raise click.ClickException(message)
+    raise UserError(message)
 
 
 @contextmanager
@@ -26,7 +32,7 @@ def user_errors():
     try:
         yield
     except RankgymError as err:
-        raise click.ClickException(str(err)) from None
+        raise UserError(" ".join(str(err).split("\n"))) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,7 +44,7 @@ def main() -> None:
 @main.command()
 @click.option("--backbone", default="minilm", show_default=True, help="gpt2, distilgpt2, minilm or tiny.")
 @click.option("--task", default="sst2", show_default=True, help="sst2, cola, mrpc, rte, stsb, or a folder with train/validation TSV or CSV.")
-@click.option("--rank-map", "rank_map_path", type=click.Path(), help="Rank map JSON (e.g. a search's best_rank_map.json).")
+@click.option("--rank-map", "rank_map_path", type=click.Path(), help="Rank map JSON (e.g. a search's best_rank_map.json), or a PEFT LoRA adapter_config.json or its folder.")
 @click.option("--uniform", type=int, help="Give every default module this rank instead of a rank map.")
 @click.option("--alpha", type=float, default=ALPHA_POLICY["alpha"], show_default=True, help="lora_alpha with --uniform.")
 @click.option("--alpha-mode", type=click.Choice(["fixed", "ratio"]), default=ALPHA_POLICY["alpha_mode"], show_default=True,
@@ -66,6 +72,7 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
     Training never sees the score split a search scores maps on (held out of the training file),
     so numbers from here and from a search's promotion are the same computation.
     """
+    from rankgym.errors import RankgymError
     from rankgym.evaluators.finetune import FinetuneEvaluator
     from rankgym.lora.inject import save_adapter
     from rankgym.rankmap import RankMap
@@ -85,7 +92,10 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
                                       progress=not as_json, **policy)
         if rank_map is None:
             rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, **policy)
-        rank_map.validate(evaluator.model)
+        try:
+            rank_map.validate(evaluator.model)
+        except RankgymError as err:
+            fail(f"{rank_map_path}: {err}")
         click.echo(f"{backbone} on {evaluator.data.name}: {sum(r > 0 for r in rank_map.ranks.values())} adapted modules, "
                    f"{evaluator.trainable_params(rank_map):,} adapter parameters, {recipe.train_examples} examples, "
                    f"device {evaluator.device}", err=as_json)
@@ -161,11 +171,15 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
     and the uniform map the search starts from are retrained with the full recipe and several seeds,
     and validated on the validation split; best_rank_map.json is the winner.
     """
+    from rankgym.errors import RankgymError
+
     with user_errors():
         if resume_dir:
-            saved = json.loads((Path(resume_dir) / "config.json").read_text()) if (Path(resume_dir) / "config.json").is_file() else None
-            if saved is None:
-                fail(f"{resume_dir} holds no config.json: is it a run folder written by `rankgym search`?")
+            from rankgym.run import load_config
+
+            saved = load_config(resume_dir)
+            if saved["agent"] not in AGENTS:
+                fail(f"{Path(resume_dir) / 'config.json'}: agent {saved['agent']!r} is none of {', '.join(AGENTS)}")
             env_id, agent, budget, seed = saved["env_id"], saved["agent"], saved["budget"], saved["seed"]
             env_kwargs, hyperparams, n_envs = saved.get("env_kwargs", {}), saved.get("hyperparams", {}), saved.get("n_envs", 1)
             devices = tuple(saved.get("devices", ()))
@@ -185,9 +199,15 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
         import rankgym  # noqa: F401
 
         if env_id not in gym.registry:
-            fail(f"unknown environment {env_id!r}; `rankgym envs` lists them")
-        summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices, promotion,
-                            retry_failed, allow_divergence)
+            fail(f"unknown environment {env_id!r}" + (f" in {Path(resume_dir) / 'config.json'}" if resume_dir else "")
+                 + "; `rankgym envs` lists them")
+        try:
+            summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices, promotion,
+                                retry_failed, allow_divergence)
+        except RankgymError as err:
+            if resume_dir:  # the folder's config.json decided the search: name it
+                fail(f"cannot resume {resume_dir}: {err}")
+            raise
         run_dir = Path(summary["run"])
         if report:
             from rankgym.report import write_report
@@ -237,7 +257,6 @@ def export(run_dir, peft_dir) -> None:
 def report(run_dirs, out) -> None:
     """Plot and tabulate one or more search runs (PNG plots, report.md, report.html)."""
     from rankgym.report import write_report
-
     from rankgym.run import run_folder
 
     with user_errors():

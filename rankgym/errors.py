@@ -8,3 +8,7 @@ class RankgymError(Exception):
 
 class ConfigError(RankgymError, ValueError):
     """A bad option or keyword argument."""
+
+
+class FileError(RankgymError, ValueError):
+    """A file the user handed in cannot be read: the message names the file and the problem."""

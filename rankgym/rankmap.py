@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping
 
 from torch import nn
 
-from rankgym.errors import RankgymError
+from rankgym.errors import FileError, RankgymError
+from rankgym.files import read_json
 from rankgym.lora.layer import AlphaMode, LoRALayer, adaptable, base_shape
 
 FORMAT = "rankgym.rankmap"
@@ -25,18 +26,6 @@ FORMAT_VERSION = 1
 CONV1D_NAMES = ("c_attn", "c_proj", "c_fc")  # GPT-2's Conv1D modules
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json's object hook: where a key repeats, JSON keeps the last value silently; we refuse."""
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen[key] = value
-    return seen
 
 
 class RankMapError(RankgymError, ValueError):
@@ -179,18 +168,35 @@ class RankMap:
 
     @classmethod
     def load(cls, path: str | Path) -> "RankMap":
+        """A rank map file, or a PEFT ``adapter_config.json`` (or the folder holding one) read as a rank map."""
         path = Path(path)
-        if not path.is_file():
-            raise RankMapError(f"rank map file {str(path)!r} does not exist")
+        if path.is_dir() and (path / "adapter_config.json").is_file():
+            path = path / "adapter_config.json"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
-        except UnicodeDecodeError as err:
-            raise RankMapError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); a rank map is JSON in UTF-8") from None
-        except json.JSONDecodeError as err:
-            raise RankMapError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-        except _DuplicateKey as err:
-            raise RankMapError(f"{path}: key {err.args[0]!r} appears twice; give each module one rank") from None
+            data = read_json(path, "a rank map (or a PEFT adapter_config.json)")
+        except FileError as err:
+            raise RankMapError(str(err)) from None
+        if isinstance(data, dict) and "peft_type" in data:
+            return cls._from_peft_file(data, path)
         return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def _from_peft_file(cls, data: dict[str, Any], path: Path) -> "RankMap":
+        from dataclasses import fields
+
+        from peft import LoraConfig
+
+        if data.get("peft_type") != "LORA":
+            raise RankMapError(f"{path}: a PEFT config of type {data.get('peft_type')!r}; rankgym reads LoRA configs (peft_type LORA)")
+        known = {f.name for f in fields(LoraConfig)} - {"peft_type"}  # fields of other PEFT versions are ignored, as PEFT does
+        try:
+            config = LoraConfig(**{k: v for k, v in data.items() if k in known})
+            rank_map = cls.from_peft_config(config)
+            return cls.from_dict(rank_map.to_dict(), source=str(path))  # the same checks as a rank map file
+        except RankMapError as err:
+            raise RankMapError(f"{path}: {err}") from None
+        except (TypeError, ValueError, AttributeError, KeyError) as err:  # LoraConfig's own checks of the fields
+            raise RankMapError(f"{path}: not a LoRA config PEFT accepts ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
     # -- PEFT ------------------------------------------------------------------------------------
     @property

@@ -14,8 +14,8 @@ import gymnasium as gym
 
 from rankgym.backbones import BACKBONES
 from rankgym.errors import ConfigError
-from rankgym.tasks import TASKS
 from rankgym.recipe import ALPHA_POLICY, Recipe
+from rankgym.tasks import TASKS
 
 ENTRY_POINT = "rankgym.registry:make_rank_search_env"
 VECTOR_ENTRY_POINT = "rankgym.registry:make_rank_search_vector_env"

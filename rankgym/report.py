@@ -14,28 +14,64 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rankgym.errors import ConfigError  # noqa: E402
+from rankgym.errors import ConfigError, FileError  # noqa: E402
 from rankgym.evaluators.base import ModuleInfo  # noqa: E402
+from rankgym.files import read_json, require  # noqa: E402
+from rankgym.rankmap import RankMap  # noqa: E402
 from rankgym.store import EvaluationStore  # noqa: E402
+
+NUMBER = (int, float)
+SUMMARY_FIELDS = {"agent": str, "best_reward": NUMBER, "best_metric": NUMBER, "best_params": int, "evaluations": int,
+                  "trained": int, "seconds": NUMBER}
+PROMOTION_FIELDS = {"rows": list, "seeds": list, "recipe": dict, "metric": str, "winner": (str, type(None))}
+PROMOTION_ROW_FIELDS = {"label": str, "params": int, "search_metric": (*NUMBER, type(None)), "mean": NUMBER, "std": NUMBER, "values": list}
+STEP_NUMBERS = ("metric", "params", "cost", "reward", "score", "seconds")
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
+    """A finished run folder (steps.csv, summary.json, best_rank_map.json, store), checked as it is read."""
     path = Path(path)
     for name in ("steps.csv", "summary.json", "best_rank_map.json"):
         if not (path / name).is_file():
             raise ConfigError(f"{path} has no {name}: is it a finished run folder of `rankgym search`?")
-    with (path / "steps.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key in ("metric", "params", "cost", "reward", "score", "seconds"):
-            row[key] = float(row[key]) if row[key] not in ("", None) else float("nan")
-        row["cache_hit"] = row["cache_hit"] in ("1", "True")
-    summary = json.loads((path / "summary.json").read_text())
-    best = json.loads((path / "best_rank_map.json").read_text())
+    rows = _steps(path / "steps.csv")
+    summary_file = path / "summary.json"
+    summary = require(read_json(summary_file, "a run's summary.json"), summary_file, SUMMARY_FIELDS, "a run's summary.json")
+    if summary.get("promotion") is not None:
+        promotion = require(summary["promotion"], summary_file, PROMOTION_FIELDS, "a run's summary.json")
+        for row in promotion["rows"]:
+            require(row, summary_file, PROMOTION_ROW_FIELDS, "a run's summary.json")
+            if not all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in row["values"]):
+                raise FileError(f"{summary_file}: promotion values of {row['label']!r} should be numbers, got {row['values']!r}")
+    best = RankMap.load(path / "best_rank_map.json").to_dict()
     contexts = EvaluationStore(path / "store.sqlite").contexts() if (path / "store.sqlite").is_file() else []
     modules = contexts[0][2] if contexts else []
     return {"path": path, "rows": rows, "summary": summary, "best": best, "modules": modules,
             "name": f"{summary['agent']} (seed {summary.get('seed')})"}
+
+
+def _steps(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's steps.csv, numbers parsed; an unreadable line is an error naming it."""
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in (*STEP_NUMBERS, "kind", "cache_hit", "error", "label") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise FileError(f"{path}: no column {', '.join(missing)}; is it a run's steps.csv, unedited?")
+            rows = []
+            for row in reader:
+                try:
+                    for key in STEP_NUMBERS:
+                        row[key] = float(row[key]) if row[key] not in ("", None) else float("nan")
+                except (TypeError, ValueError):
+                    raise FileError(f"{path}, line {reader.line_num}: {key} {row[key]!r} is not a number") from None
+                row["cache_hit"] = row["cache_hit"] in ("1", "True")
+                rows.append(row)
+            return rows
+    except UnicodeDecodeError as err:
+        raise FileError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise FileError(f"{path}: not readable as CSV ({err})") from None
 
 
 def _curves(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

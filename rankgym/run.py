@@ -20,7 +20,8 @@ from typing import Any
 import gymnasium as gym
 from tqdm.auto import tqdm
 
-from rankgym.errors import ConfigError
+from rankgym.errors import ConfigError, FileError
+from rankgym.files import read_json, require
 from rankgym.promotion import Promotion, promote, promoted_map
 from rankgym.rankmap import RankMap
 
@@ -55,8 +56,12 @@ class StepLog:
 
     def __init__(self, path: str | Path, worker: int = 0, allow_divergence: bool = False) -> None:
         self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(STEPS_SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(STEPS_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            self.db.close()
+            raise FileError(f"{path}: not a rankgym run store ({err}); is the run folder intact?") from None
         self.worker, self.allow_divergence = worker, allow_divergence
         self.idx = 0
         self.logged = self.db.execute("SELECT COUNT(*) FROM steps WHERE worker = ?", (worker,)).fetchone()[0]
@@ -163,9 +168,7 @@ class RunDir:
         self.path = Path(path)
         config_file = self.path / "config.json"
         if resume:
-            if not config_file.is_file():
-                raise ConfigError(f"{self.path} holds no config.json: is it a run folder written by `rankgym search`?")
-            saved = json.loads(config_file.read_text())
+            saved = load_config(self.path)
             if any(saved.get(k) != v for k, v in config.items() if k not in ("resume", "out")):
                 changed = sorted(k for k, v in config.items() if k not in ("resume", "out") and saved.get(k) != v)
                 raise ConfigError(f"cannot resume {self.path}: {', '.join(changed)} differ from the run's config.json; resume without changing them")
@@ -232,6 +235,20 @@ class RunDir:
         }
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+CONFIG_FIELDS = {"env_id": str, "agent": str, "budget": int, "seed": int, "env_kwargs": dict}
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of the run folder ``path``, checked field by field."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{path} holds no config.json: is it a run folder written by `rankgym search`?")
+    config = require(read_json(config_file, "a run's config.json"), config_file, CONFIG_FIELDS, "a run's config.json")
+    optional = {"hyperparams": dict, "n_envs": int, "devices": list, "promote": int, "promote_seeds": int, "promote_examples": int}
+    require(config, config_file, {k: v for k, v in optional.items() if k in config}, "a run's config.json")
+    return config
 
 
 def run_folder(*parts: object) -> Path:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rankgym.errors import FileError
 from rankgym.evaluators.base import Evaluation, ModuleInfo
 from rankgym.rankmap import RankMap
 
@@ -77,9 +78,14 @@ class EvaluationStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        if self.path != ":memory:":
-            self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        try:
+            if self.path != ":memory:":
+                self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+            self.db.execute("SELECT COUNT(*) FROM contexts").fetchone()
+        except sqlite3.DatabaseError as err:
+            self.db.close()
+            raise FileError(f"{self.path}: not a rankgym evaluation store ({err}); move it away to start a new one") from None
 
     def register(self, identity: dict[str, Any], modules: list[ModuleInfo]) -> str:
         """Record an evaluator's identity and modules; returns its context hash."""

@@ -118,6 +118,8 @@ def _rows(path: Path, header: bool, columns: tuple) -> list[tuple[int, list[str]
             rows = list(csv.reader(f, delimiter=delimiter, quoting=quoting))
     except UnicodeDecodeError as err:
         raise TaskError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except csv.Error as err:  # a NUL byte, an unterminated quote
+        raise TaskError(f"{path}: not readable as {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from None
     first = 1
     if header:
         if not rows:
@@ -135,6 +137,8 @@ def _rows(path: Path, header: bool, columns: tuple) -> list[tuple[int, list[str]
         if len(row) <= max(columns):
             raise TaskError(f"{path}:{line}: {len(row)} columns, expected at least {max(columns) + 1}")
         out.append((line, [row[c] for c in columns]))
+    if not out:
+        raise TaskError(f"{path}: no examples" + (" after the header line" if header else ""))
     return out
 
 

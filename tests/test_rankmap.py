@@ -75,6 +75,9 @@ def test_peft_config_round_trip(small_gpt2, tmp_path):
         back = RankMap.from_peft_config(source)
         assert back.ranks == {n: r for n, r in rank_map.ranks.items() if r > 0}
         assert (back.alpha, back.alpha_mode) == (8.0, "ratio")
+    for path in (tmp_path, tmp_path / "adapter_config.json"):  # what `finetune --rank-map` reads too
+        loaded = RankMap.load(path)
+        assert loaded.ranks == back.ranks and (loaded.alpha, loaded.alpha_mode, loaded.rslora) == (8.0, "ratio", False)
 
 
 def test_import_of_a_regex_config_needs_and_uses_the_model(small_bert):

@@ -21,8 +21,8 @@ from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
 from rankgym.lora.inject import apply_rank_map
 from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
-from rankgym.tasks import encode, hold_out_score_split, load_task, standardized
 from rankgym.recipe import ALPHA_POLICY, Recipe
+from rankgym.tasks import encode, hold_out_score_split, load_task, standardized
 from rankgym.training import FinetuneResult, default_eval_batch_size, finetune, init_adapters, training_subset
 
 
