@@ -106,11 +106,7 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
     rank_map.provenance.update(backbone=backbone, task=evaluator.data.name, metric=evaluator.data.metric, value=result.metric, seed=seed)
     save_adapter(evaluator.model, out_dir, rank_map)
     if peft_out:
-        from rankgym.backbones import load_backbone
-        from rankgym.lora.inject import save_peft_adapter
-
-        base, _ = load_backbone(backbone, model_name_or_path, evaluator.data.num_labels, seed)
-        save_peft_adapter(evaluator.model, base, peft_out, rank_map)
+        evaluator.save_peft_adapter(peft_out, rank_map)
     summary = {"metric": result.metric, "trainable_params": result.params, "seconds": round(result.seconds, 2), "out": str(out_dir)}
     (out_dir / "result.json").write_text(json.dumps({**summary, "recipe": recipe.to_dict(), "seed": seed, **evaluator.identity()}, indent=2))
     click.echo(f"validation {evaluator.data.metric} {result.metric:.4f} | trainable adapter parameters {result.params:,} | "
@@ -156,6 +152,8 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--set", "hp_options", multiple=True, metavar="KEY=VALUE", help="PPO hyperparameter override (repeatable).")
 @click.option("--n-envs", type=int, default=1, show_default=True, help="PPO: parallel environments (on one device their maps train together; with several --devices, one spawned process each).")
 @click.option("--devices", multiple=True, help="PPO: one device per worker, cycled (repeatable).")
+@click.option("--param-budget", type=float, help="At most this fraction (0, 1] of uniform rank max_rank's adapter parameters, "
+              "or this many parameters (> 1); maps over it are scaled down onto it and the reward is the metric.")
 @click.option("--promote", type=int, default=3, show_default=True, help="Top maps retrained with the full recipe at the end.")
 @click.option("--promote-seeds", type=int, default=3, show_default=True, help="Seeds of every promotion retrain.")
 @click.option("--promote-examples", type=int, default=8192, show_default=True, help="Training examples of a promotion retrain.")
@@ -163,7 +161,7 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--retry-failed", is_flag=True, help="With --resume: evaluate maps whose stored evaluation failed again.")
 @click.option("--allow-divergence", is_flag=True, help="With --resume: where the rerun differs from the log, replace the log from there.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
-def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, promote, promote_seeds,
+def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, param_budget, promote, promote_seeds,
            promote_examples, no_promote, retry_failed, allow_divergence, report) -> None:
     """Search rank maps on ENV_ID with an agent; writes a run folder with the answer and a report.
 
@@ -191,6 +189,8 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
             from rankgym.run import key_values
 
             env_kwargs, hyperparams = key_values(env_options), key_values(hp_options)
+            if param_budget is not None:
+                env_kwargs["param_budget"] = param_budget
             if min(promote, promote_seeds, promote_examples) < 0 or (promote and not (promote_seeds and promote_examples)):
                 fail("--promote, --promote-seeds and --promote-examples must be >= 1 (or --no-promote)")
             promotion = dict(promote=0 if no_promote else promote, promote_seeds=promote_seeds, promote_examples=promote_examples)
@@ -230,24 +230,43 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                    f"{summary['initial_params']:,} adapter parameters (the map every episode starts from)")
     click.echo(f"{summary['evaluations']} evaluations ({summary['trained']} computed, {summary['cache_hits']} from the store) "
                f"in {summary['seconds']:.0f} s")
+    if summary.get("adapter"):
+        click.echo(f"trained adapter of the winner (seed 0): {summary['adapter']}  (peft.PeftModel.from_pretrained(model, that folder))")
     click.echo(f"run folder: {run_dir}" + (f"  report: {run_dir / 'report' / 'report.md'}" if report else ""))
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--peft", "peft_dir", type=click.Path(), required=True, help="Folder to write adapter_config.json to.")
+@click.option("--peft", "peft_dir", type=click.Path(), required=True, help="Folder to write the PEFT adapter (or config) to.")
 def export(run_dir, peft_dir) -> None:
-    """Write the answer of RUN_DIR as a PEFT LoraConfig (adapter_config.json, task_type SEQ_CLS); no weights."""
+    """Write the answer of RUN_DIR for PEFT: the promoted winner's trained adapter, or its LoraConfig alone.
+
+    A promoted search keeps its winner's seed-0 retrain (RUN_DIR/peft_adapter): that adapter is
+    copied. A run without one (--no-promote, an older run) gives the config only (task_type SEQ_CLS).
+    """
+    import shutil
+
     from rankgym.rankmap import RankMap
 
     with user_errors():
         best = RankMap.load(Path(run_dir) / "best_rank_map.json")
         config = best.to_peft_config(task_type="SEQ_CLS")  # SEQ_CLS: PEFT trains and saves the task head too
-        config.save_pretrained(peft_dir)
+        trained = Path(run_dir) / "peft_adapter"
+        if trained.is_dir():
+            loaded = RankMap.load(trained)
+            if loaded.ranks != {n: r for n, r in best.ranks.items() if r > 0}:
+                fail(f"{trained} holds another map than {Path(run_dir) / 'best_rank_map.json'}; was the run folder edited?")
+            shutil.copytree(trained, peft_dir, dirs_exist_ok=True)
+        else:
+            config.save_pretrained(peft_dir)
     active = sum(r > 0 for r in best.ranks.values())
-    click.echo(f"wrote {Path(peft_dir) / 'adapter_config.json'}: {active} modules, ranks {min(config.rank_pattern.values())}.."
-               f"{max(config.rank_pattern.values())}; load with peft.LoraConfig.from_pretrained({str(peft_dir)!r})")
-    click.echo("config only: a search keeps no trained weights; for a trained adapter PEFT loads, run "
+    ranks = f"{active} modules, ranks {min(config.rank_pattern.values())}..{max(config.rank_pattern.values())}"
+    if trained.is_dir():
+        click.echo(f"wrote the winner's trained adapter (seed 0 of the promotion) to {peft_dir}: {ranks}; "
+                   f"load with peft.PeftModel.from_pretrained(model, {str(peft_dir)!r})")
+        return
+    click.echo(f"wrote {Path(peft_dir) / 'adapter_config.json'}: {ranks}; load with peft.LoraConfig.from_pretrained({str(peft_dir)!r})")
+    click.echo("config only: this run holds no trained adapter (it was not promoted); for one PEFT loads, run "
                f"`rankgym finetune --rank-map {Path(run_dir) / 'best_rank_map.json'} --peft-out DIR`")
 
 

@@ -26,7 +26,7 @@ EVALUATORS = ("finetune", "warmstart", "batched", "elastic", "fake", "replay")
 class EnvConfig:
     """Everything a registered environment is built from (all JSON-serialisable).
 
-    Environment: ``lam``, ``rank_step``, ``min_rank``, ``max_rank``, ``initial_rank``,
+    Environment: ``lam``, ``param_budget``, ``rank_step``, ``min_rank``, ``max_rank``, ``initial_rank``,
     ``initial_map``, ``max_episode_steps``, ``target_score``, ``reward``, ``groups``, ``store``,
     ``failure_penalty``, ``retry_failed`` (see :class:`~rankgym.envs.rank_search.RankSearchEnv`).
     Evaluator: ``evaluator`` (finetune, warmstart, fake, replay), ``backbone``, ``task``,
@@ -59,7 +59,8 @@ class EnvConfig:
     data_dir: str | None = None
     fake_layers: int = 4
     fake_noise: float = 0.0
-    lam: float = 0.5
+    lam: float | None = None  # 0.5, or 0 with a param_budget
+    param_budget: float | None = None
     rank_step: int = 2
     min_rank: int = 0
     max_rank: int = 16
@@ -205,6 +206,7 @@ def _env(config: EnvConfig, evaluator, store=None):
     env = RankSearchEnv(
         evaluator,
         lam=config.lam,
+        param_budget=config.param_budget,
         rank_step=config.rank_step,
         min_rank=config.min_rank,
         max_rank=config.max_rank,

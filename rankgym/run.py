@@ -183,6 +183,11 @@ class RunDir:
     def store_path(self) -> Path:
         return self.path / "store.sqlite"
 
+    @property
+    def adapter_path(self) -> Path:
+        """The promoted winner's trained adapter (its seed-0 retrain), a folder PEFT loads."""
+        return self.path / "peft_adapter"
+
     def log(self, worker: int = 0, allow_divergence: bool = False) -> StepLog:
         return StepLog(self.store_path, worker, allow_divergence)
 
@@ -201,7 +206,8 @@ class RunDir:
         if not scored:
             raise ConfigError(f"no evaluation in {self.path} succeeded; see steps.csv for the errors")
         best = max(scored, key=lambda r: r["score"])
-        table = promote(rows, self.config["env_id"], self.config.get("env_kwargs", {}), self.store_path, promotion) if promotion else None
+        table = (promote(rows, self.config["env_id"], self.config.get("env_kwargs", {}), self.store_path, promotion,
+                         adapter_dir=self.adapter_path) if promotion else None)
         answer = (table and promoted_map(template, table)) or template.replace(json.loads(best["rank_map"]))
         answer.provenance.update(agent=self.config["agent"], lam=lam, run=str(self.path))
         if table is None:
@@ -232,6 +238,7 @@ class RunDir:
             "initial_params": start and start["params"],
             "initial_uniform_rank": _uniform_rank(start),
             "promotion": table,
+            "adapter": str(self.adapter_path) if self.adapter_path.is_dir() else None,
         }
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

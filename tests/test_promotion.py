@@ -1,10 +1,16 @@
 """Promotion: a search's answer is its top maps retrained with seeds and validated, as `rankgym finetune` would."""
 
 import json
+import shutil
 import sqlite3
 import statistics
 
+import torch
 from click.testing import CliRunner
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from rankgym.backbones import load_backbone
 
 from rankgym.cli import main
 from rankgym.promotion import candidates
@@ -16,7 +22,7 @@ TINY_FAST = ["--env", "train_examples=32", "--env", "val_examples=32", "--env", 
 def finetune_metric(tmp_path, sst2_dir, seed, *args):
     result = CliRunner().invoke(main, ["finetune", "--backbone", "tiny", *args, "--train-examples", "64", "--seed", str(seed),
                                        "--device", "cpu", "--data-dir", str(sst2_dir), "--out", str(tmp_path / f"ft{seed}{args[0]}"),
-                                       "--json"])
+                                       "--peft-out", str(tmp_path / f"peft{seed}{args[0]}"), "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip().splitlines()[-1])["metric"]
 
@@ -52,6 +58,18 @@ def test_promotion_retrains_with_the_seeds_and_matches_rankgym_finetune(tmp_path
     assert finetune_metric(tmp_path, sst2_dir, 1, "--uniform", "4") == uniform["values"][1]
     assert winner["score"] == max(row["score"] for row in table["rows"])
 
+    # the run keeps the winner's trained adapter: exactly what `rankgym finetune --seed 0 --peft-out` writes, and PEFT loads it
+    adapter = run / "peft_adapter"
+    assert summary["adapter"] == str(adapter) and not (run / "peft_adapter.candidates").exists()
+    ours, theirs = load_file(adapter / "adapter_model.safetensors"), load_file(tmp_path / "peft0--rank-map" / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    base, _ = load_backbone("tiny", None, 2, 0)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    assert RankMap.from_peft_config(model.peft_config["default"]).ranks == {n: r for n, r in best.ranks.items() if r > 0}
+    exported = CliRunner().invoke(main, ["export", str(run), "--peft", str(tmp_path / "exported")])
+    assert exported.exit_code == 0 and "trained adapter" in exported.output
+    assert (tmp_path / "exported" / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
+
     # resuming the finished run promotes again from the store: nothing is retrained
     before = stored(run)
     resumed = CliRunner().invoke(main, ["search", "--resume", str(run)])
@@ -60,6 +78,13 @@ def test_promotion_retrains_with_the_seeds_and_matches_rankgym_finetune(tmp_path
     assert json.loads((run / "summary.json").read_text())["promotion"]["rows"] == table["rows"]
     report = (run / "report" / "report.md").read_text()
     assert "## Promotion of random" in report and f"{winner['mean']:.4f} ± {winner['std']:.4f}" in report
+
+    # where the store answers the winner's retrain and its adapter is gone, it is trained once more: the same adapter
+    shutil.rmtree(adapter)
+    resumed = CliRunner().invoke(main, ["search", "--resume", str(run), "--no-report"])
+    assert resumed.exit_code == 0, resumed.output
+    again = load_file(adapter / "adapter_model.safetensors")
+    assert stored(run) == before and all(torch.equal(again[k], ours[k]) for k in ours)
 
 
 def test_no_promote_answers_with_the_best_search_score(tmp_path, sst2_dir):

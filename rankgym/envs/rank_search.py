@@ -14,7 +14,9 @@ then three global features: last metric, last cost, progress in the episode (ste
 
 Reward: ``score = metric - lam * cost`` with cost = the map's adapter parameters divided by those
 of the uniform map at ``max_rank`` (so cost is in [0, 1]). ``reward="delta"`` gives the change of
-the score since the previous step instead.
+the score since the previous step instead. With ``param_budget``, every map is projected onto the
+budget before it is evaluated (:mod:`rankgym.budget`) and ``lam`` defaults to 0: the reward is the
+metric at equal parameters.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import gymnasium as gym
 import numpy as np
 
 from rankgym.backbones import KINDS
+from rankgym.budget import budget_params, default_lam, project
 from rankgym.errors import ConfigError
 from rankgym.evaluators.base import Evaluation, Evaluator, adapter_params
 from rankgym.rankmap import RankMap
@@ -45,7 +48,9 @@ class RankSearchEnv(gym.Env):
 
     Args:
         evaluator: what a step costs (finetune, warmstart, fake, replay, ...).
-        lam: weight of the cost in the score.
+        lam: weight of the cost in the score (default 0.5, or 0 with a ``param_budget``).
+        param_budget: at most this many adapter parameters (> 1), or this fraction (0, 1] of the
+            uniform map at ``max_rank``; maps over it are projected onto it (``info["projected"]``).
         rank_step: how much one grow/shrink action changes a rank.
         min_rank / max_rank: bounds of every module's rank (``min_rank=0`` lets a module drop its adapter).
         initial_rank: rank of every module at ``reset()``, unless ``initial_map`` is given.
@@ -64,7 +69,8 @@ class RankSearchEnv(gym.Env):
     def __init__(
         self,
         evaluator: Evaluator,
-        lam: float = 0.5,
+        lam: float | None = None,
+        param_budget: float | None = None,
         rank_step: int = 2,
         min_rank: int = 0,
         max_rank: int = 16,
@@ -78,6 +84,7 @@ class RankSearchEnv(gym.Env):
         failure_penalty: float = -1.0,
         retry_failed: bool = False,
     ) -> None:
+        lam = default_lam(param_budget) if lam is None else lam
         if lam < 0:
             raise ConfigError(f"lam must be >= 0, got {lam}")
         if rank_step < 1:
@@ -97,7 +104,9 @@ class RankSearchEnv(gym.Env):
         self.lam, self.rank_step, self.min_rank, self.max_rank = lam, rank_step, min_rank, max_rank
         self.max_episode_steps, self.target_score, self.reward_mode = max_episode_steps, target_score, reward
         self.failure_penalty, self.retry_failed = failure_penalty, retry_failed
-        self.initial = self._initial_ranks(initial_map, initial_rank)
+        self.reference_params = adapter_params(self.modules, [self.max_rank] * len(self.modules))
+        self.budget = None if param_budget is None else budget_params(param_budget, self.reference_params)
+        self.initial, self.initial_projected = self.within_budget(self._initial_ranks(initial_map, initial_rank))
 
         self.group_of = self._groups(groups)
         self.n_groups = int(self.group_of.max()) + 1
@@ -108,10 +117,10 @@ class RankSearchEnv(gym.Env):
 
         self.store = store if isinstance(store, EvaluationStore) else EvaluationStore(store or ":memory:")
         self.context = self.store.register(evaluator.identity(), self.modules)
-        self.reference_params = adapter_params(self.modules, [self.max_rank] * len(self.modules))
         self.template = evaluator.template()
 
         self.ranks = self.initial.copy()
+        self.projected = self.initial_projected  # whether the map last evaluated was projected onto the budget
         self.t = 0
         self.last_score = self.last_metric = self.last_cost = 0.0
         self.best: dict[str, Any] | None = None
@@ -151,6 +160,13 @@ class RankSearchEnv(gym.Env):
         return np.clip(np.array(rows, dtype=np.float32), 0.0, 1.0)
 
     # -- the map and its evaluation --------------------------------------------------------------
+    def within_budget(self, ranks: np.ndarray) -> tuple[np.ndarray, bool]:
+        """``ranks`` projected onto the parameter budget (unchanged without one), and whether they moved."""
+        if self.budget is None:
+            return ranks, False
+        projected = project(ranks, self.modules, self.budget, self.min_rank, self.rank_step)
+        return projected, bool((projected != ranks).any())
+
     def rank_map(self, ranks: Sequence[int] | None = None) -> RankMap:
         ranks = self.ranks if ranks is None else ranks
         return self.template.replace({n: int(r) for n, r in zip(self.names, ranks)})
@@ -208,6 +224,7 @@ class RankSearchEnv(gym.Env):
             "score": score,
             "seconds": evaluation.seconds,
             "rank_map": dict(rank_map.ranks),
+            "projected": self.projected,
             "error": evaluation.error,
         }
         if evaluation.ok and (self.best is None or score > self.best["score"]):
@@ -221,7 +238,8 @@ class RankSearchEnv(gym.Env):
         Returns the same info a step returns, with ``reward`` set to the score (or the penalty).
         """
         ranks = rank_map.ranks if isinstance(rank_map, RankMap) else rank_map
-        rank_map = self.template.replace({n: int(ranks.get(n, 0)) for n in self.names})
+        values, self.projected = self.within_budget(np.array([int(ranks.get(n, 0)) for n in self.names], dtype=np.int64))
+        rank_map = self.template.replace({n: int(r) for n, r in zip(self.names, values)})
         evaluation = self._evaluate(rank_map)
         info = self._record(rank_map, evaluation)
         info["reward"] = info["score"] if evaluation.ok else self.failure_penalty
@@ -238,7 +256,7 @@ class RankSearchEnv(gym.Env):
         if self.spec is not None and self.spec.max_episode_steps:  # gym.make(..., max_episode_steps=N)
             self.max_episode_steps = self.spec.max_episode_steps
         self.evaluator.reset_episode()
-        self.ranks = self.initial.copy()
+        self.ranks, self.projected = self.initial.copy(), self.initial_projected
         self.t = 0
         return self.rank_map()
 
@@ -259,7 +277,7 @@ class RankSearchEnv(gym.Env):
         if action.shape != (self.n_groups,) or action.min() < 0 or action.max() > 2:
             raise ValueError(f"action must be {self.n_groups} integers in {{0, 1, 2}} (shrink, keep, grow), got {action.tolist()}")
         delta = (action[self.group_of] - KEEP) * self.rank_step
-        self.ranks = np.clip(self.ranks + delta, self.min_rank, self.max_rank)
+        self.ranks, self.projected = self.within_budget(np.clip(self.ranks + delta, self.min_rank, self.max_rank))
         self.t += 1
         return self.rank_map()
 

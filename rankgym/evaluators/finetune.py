@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +21,7 @@ from rankgym import __version__
 from rankgym.backbones import get_backbone, load_backbone, module_infos
 from rankgym.errors import ConfigError
 from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
-from rankgym.lora.inject import apply_rank_map
+from rankgym.lora.inject import apply_rank_map, save_peft_adapter
 from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
 from rankgym.recipe import ALPHA_POLICY, Recipe
@@ -109,6 +112,7 @@ class FinetuneEvaluator(Evaluator):
             raise ConfigError(f"alpha_mode must be 'fixed' or 'ratio', got {alpha_mode!r}")
         self.alpha_policy = dict(alpha=float(alpha), alpha_mode=alpha_mode, rslora=bool(rslora))
         self.data = load_task(task, data_dir, text_column, label_column, regression)
+        self.model_name_or_path = model_name_or_path
         with torch.random.fork_rng(devices=[]):
             self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
         self.model.to(self.device)
@@ -185,6 +189,20 @@ class FinetuneEvaluator(Evaluator):
             train_loss=result.train_loss,
             device=str(self.device),
         )
+
+    def save_peft_adapter(self, directory: str | Path, rank_map: RankMap) -> Path:
+        """The model as last trained, as a PEFT adapter folder (see :func:`rankgym.lora.inject.save_peft_adapter`).
+
+        Written to a temporary folder and renamed, so a killed process never leaves a partial adapter.
+        """
+        directory = Path(directory)
+        base, _ = load_backbone(self.spec.name, self.model_name_or_path, self.data.num_labels, self.seed)
+        tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_peft_adapter(self.model, base, tmp, rank_map)
+        shutil.rmtree(directory, ignore_errors=True)
+        tmp.rename(directory)
+        return directory
 
     def close(self) -> None:
         self.model = None  # idempotent: Gymnasium may close twice

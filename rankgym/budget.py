@@ -1,0 +1,58 @@
+"""A parameter budget users state ("at most 40 % of uniform rank 16"), and the projection onto it.
+
+A map over the budget is projected before it is evaluated, as AMC's action wall does
+(mit-han-lab/amc, ``env/channel_pruning_env.py``): every rank is multiplied by one common factor
+and rounded down to the rank grid (``min_rank + k * rank_step``, never below ``min_rank``), with the
+largest factor whose map fits. The rule keeps the map's shape (which modules get more), is
+deterministic, and leaves a map within the budget as it is. Written here because it is a few lines
+over rankgym's own parameter count, not something a library offers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from rankgym.errors import ConfigError
+from rankgym.evaluators.base import ModuleInfo, adapter_params
+
+
+def default_lam(param_budget: float | None) -> float:
+    """The cost weight when none is given: 0.5, or 0 under a budget (the reward is then the metric alone)."""
+    return 0.5 if param_budget is None else 0.0
+
+
+def budget_params(param_budget: float, reference: int) -> int:
+    """Adapter parameters allowed: a fraction (0 < budget <= 1) of ``reference``, or an absolute count (> 1)."""
+    if isinstance(param_budget, bool) or not isinstance(param_budget, (int, float)) or param_budget <= 0:
+        raise ConfigError(f"param_budget must be a fraction in (0, 1] of the uniform map at max_rank, or a parameter count > 1; "
+                          f"got {param_budget!r}")
+    return int(param_budget * reference) if param_budget <= 1 else int(param_budget)
+
+
+def _on_grid(ranks: np.ndarray, factor: float, min_rank: int, rank_step: int) -> np.ndarray:
+    steps = np.floor((ranks * factor - min_rank) / rank_step + 1e-9)
+    return np.where(ranks > 0, np.maximum(min_rank + steps * rank_step, min_rank), ranks).astype(np.int64)
+
+
+def project(ranks: Sequence[int], modules: list[ModuleInfo], budget: int, min_rank: int = 0, rank_step: int = 1) -> np.ndarray:
+    """``ranks`` if they fit ``budget`` adapter parameters, else the projection described above.
+
+    Raises :class:`ConfigError` where even ``min_rank`` everywhere exceeds the budget.
+    """
+    ranks = np.asarray(ranks, dtype=np.int64)
+    if adapter_params(modules, ranks) <= budget:
+        return ranks
+    floor = _on_grid(ranks, 0.0, min_rank, rank_step)
+    if adapter_params(modules, floor) > budget:
+        raise ConfigError(f"param_budget of {budget:,} adapter parameters is below what min_rank={min_rank} on every module costs "
+                          f"({adapter_params(modules, floor):,}); raise the budget or lower min_rank")
+    lo, hi = 0.0, 1.0  # params(factor) only grows with the factor: bisect to the largest that fits
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if adapter_params(modules, _on_grid(ranks, mid, min_rank, rank_step)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return _on_grid(ranks, lo, min_rank, rank_step)
