@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 from urllib.parse import urlparse
 
 from rankgym.errors import RankgymError
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 MODEL_DIR_ENV = "RANKGYM_MODEL_DIR"
 
 # Module kinds, shared by every backbone so that strategies (presets, features) speak one language.
-KINDS = ("query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out")
+# mlp_gate is the gate of a gated MLP (Llama's gate_proj; up_proj is mlp_in); "other" is a module
+# a user named with target_modules that no table knows.
+KINDS = ("query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out", "mlp_gate", "other")
 
 
 class BackboneError(RankgymError, RuntimeError):
@@ -46,6 +48,9 @@ class BackboneSpec:
         kinds: module-name regex (matched at the end of the name) -> module kind, in priority order.
         layers: number of transformer blocks.
         package: a Python package that ships the weights (``get_model_path()``), if any.
+        target_patterns: PEFT-style ``target_modules`` (a module name, matched at the end of the full
+            name, or a regex matched against the whole of it): only matching modules are adapted, and
+            those no kind pattern knows get the kind ``other``. Empty: the modules ``kinds`` knows.
     """
 
     name: str
@@ -54,22 +59,37 @@ class BackboneSpec:
     kinds: tuple[tuple[str, str], ...]
     layers: int
     package: str | None = None
+    target_patterns: tuple[str, ...] = ()
 
     def module_kind(self, name: str) -> str | None:
+        if self.target_patterns and not any(_matches(p, name) for p in self.target_patterns):
+            return None
         for pattern, kind in self.kinds:
             if re.search(pattern + "$", name):
                 return kind
-        return None
+        return "other" if self.target_patterns else None
 
     def target_modules(self, model: nn.Module) -> list[str]:
-        """Full names of the modules this backbone adapts by default, in model order."""
+        """Full names of the modules this backbone adapts, in model order (the task head never)."""
         from rankgym.rankmap import module_shapes
 
-        return [name for name in module_shapes(model) if self.module_kind(name)]
+        names = [name for name in module_shapes(model) if name.split(".")[0] not in HEAD_NAMES]
+        unmatched = [p for p in self.target_patterns if not any(_matches(p, n) for n in names)]
+        if unmatched:
+            raise BackboneError(f"target_modules {', '.join(map(repr, unmatched))} match no linear module of this model; "
+                                f"its modules include {', '.join(names[:4])}")
+        return [name for name in names if self.module_kind(name)]
 
     def layer_index(self, name: str) -> int:
-        match = re.search(r"\.(?:h|layer)\.(\d+)\.", name)
+        match = re.search(r"\.(?:h|layer|layers|blocks)\.(\d+)\.", name)
         return int(match.group(1)) if match else 0
+
+
+def _matches(pattern: str, name: str) -> bool:
+    """PEFT's target_modules rule: a plain name matches the end of the full name, anything else is a regex."""
+    if re.fullmatch(r"[\w.]+", pattern):
+        return name == pattern or name.endswith("." + pattern)
+    return re.fullmatch(pattern, name) is not None
 
 
 GPT2_KINDS = (
@@ -87,6 +107,37 @@ BERT_KINDS = (
     (r"layer\.\d+\.output\.dense", "mlp_out"),
 )
 
+DEBERTA_KINDS = (
+    (r"attention\.self\.query_proj", "query"),
+    (r"attention\.self\.key_proj", "key"),
+    (r"attention\.self\.value_proj", "value"),
+    (r"attention\.output\.dense", "attn_out"),
+    (r"intermediate\.dense", "mlp_in"),
+    (r"layer\.\d+\.output\.dense", "mlp_out"),
+)
+LLAMA_KINDS = (  # Llama, Mistral, Qwen2: separate projections and a gated MLP
+    (r"self_attn\.q_proj", "query"),
+    (r"self_attn\.k_proj", "key"),
+    (r"self_attn\.v_proj", "value"),
+    (r"self_attn\.o_proj", "attn_out"),
+    (r"mlp\.gate_proj", "mlp_gate"),
+    (r"mlp\.up_proj", "mlp_in"),
+    (r"mlp\.down_proj", "mlp_out"),
+)
+# --backbone auto: a checkpoint's config.model_type -> (family, kind table). Decoder families
+# classify on the last real token (transformers' *ForSequenceClassification does it).
+FAMILIES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "bert": ("bert", BERT_KINDS),
+    "roberta": ("bert", BERT_KINDS),
+    "xlm-roberta": ("bert", BERT_KINDS),
+    "electra": ("bert", BERT_KINDS),
+    "deberta-v2": ("bert", DEBERTA_KINDS),
+    "gpt2": ("gpt2", GPT2_KINDS),
+    "llama": ("decoder", LLAMA_KINDS),
+    "mistral": ("decoder", LLAMA_KINDS),
+    "qwen2": ("decoder", LLAMA_KINDS),
+}
+
 BACKBONES: dict[str, BackboneSpec] = {
     "gpt2": BackboneSpec("gpt2", "openai-community/gpt2", "gpt2", GPT2_KINDS, 12),
     "distilgpt2": BackboneSpec("distilgpt2", "distilbert/distilgpt2", "gpt2", GPT2_KINDS, 6),
@@ -96,14 +147,43 @@ BACKBONES: dict[str, BackboneSpec] = {
     "tiny": BackboneSpec("tiny", None, "gpt2", GPT2_KINDS, 2),
 }
 
+AUTO = BackboneSpec("auto", None, "auto", (), 0)  # where to load from; get_backbone("auto", path) reads the rest
 TINY_CONFIG = dict(n_layer=2, n_head=2, n_embd=64, n_positions=256)
 
 
-def get_backbone(name: str) -> BackboneSpec:
+def get_backbone(name: str, model_name_or_path: str | None = None, target_modules: Sequence[str] | None = None) -> BackboneSpec:
+    """The spec of a shipped backbone, or with ``name="auto"`` the one a checkpoint's ``model_type`` gives.
+
+    ``target_modules`` narrows a known backbone to the named modules, and names them on an
+    architecture no table knows (their kind is then ``other``).
+    """
+    patterns = tuple(target_modules or ())
+    if name == "auto":
+        return _auto_spec(model_name_or_path, patterns)
     try:
-        return BACKBONES[name]
+        spec = BACKBONES[name]
     except KeyError:
-        raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+        raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, or auto with --model-name-or-path") from None
+    return replace(spec, target_patterns=patterns) if patterns else spec
+
+
+def _auto_spec(model_name_or_path: str | None, patterns: tuple[str, ...]) -> BackboneSpec:
+    from transformers import AutoConfig
+
+    if not model_name_or_path:
+        raise BackboneError("backbone auto reads the model's family from its checkpoint: give --model-name-or-path "
+                            "(env kwarg model_name_or_path), a folder written by save_pretrained or a hub id")
+    source, local = resolve_source(AUTO, model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError) as err:
+        raise BackboneError(f"cannot read the config of {model_name_or_path!r}: {err}".splitlines()[0]) from None
+    family, kinds = FAMILIES.get(config.model_type, ("other", ()))
+    if not kinds and not patterns:
+        raise BackboneError(f"rankgym has no module table for model_type {config.model_type!r} (it knows {', '.join(FAMILIES)}); "
+                            "name the modules to adapt with --target-modules (env kwarg target_modules)")
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    return BackboneSpec("auto", None, family, kinds, int(layers), target_patterns=patterns)
 
 
 def byte_level_tokenizer():
@@ -172,28 +252,39 @@ def resolve_source(spec: BackboneSpec, model_name_or_path: str | None = None) ->
     )
 
 
+DTYPES = ("fp32", "bf16", "fp16")
+
+
 def load_backbone(
-    name: str, model_name_or_path: str | None = None, num_labels: int = 2, seed: int = 0, dropout: bool = False
+    name: str, model_name_or_path: str | None = None, num_labels: int = 2, seed: int = 0, dropout: bool = False,
+    dtype: str = "fp32",
 ) -> tuple[nn.Module, "object"]:
     """A sequence-classification model (frozen-ready) and its tokenizer.
 
-    GPT-2 models get a pad token (their end-of-text token) and classify on the last real token.
-    ``seed`` decides the random parts: the head, and for ``tiny`` the whole model. The backbone's
-    own dropout is off unless ``dropout=True``: an evaluation is a short fine-tune, where dropout
-    costs accuracy (MiniLM, SST-2, rank 8, 8,192 examples: 0.845 without, 0.822 with) and time.
+    Decoder models (GPT-2, Llama, ...) get a pad token (their end-of-text token) and classify on
+    the last real token. ``seed`` decides the random parts: the head, and for ``tiny`` the whole
+    model. The backbone's own dropout is off unless ``dropout=True``: an evaluation is a short
+    fine-tune, where dropout costs accuracy (MiniLM, SST-2, rank 8, 8,192 examples: 0.845 without,
+    0.822 with) and time. ``dtype`` is the frozen base's (``bf16`` or ``fp16`` to fit a large model);
+    the task head, like the adapters, stays fp32.
     """
     import torch
     from torch import nn
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    spec = get_backbone(name)
+    if dtype not in DTYPES:
+        raise BackboneError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    if name == "auto" and not model_name_or_path:
+        get_backbone(name)  # raises: auto needs the model
+    spec = AUTO if name == "auto" else get_backbone(name)
     torch.manual_seed(seed)
     if spec.name == "tiny" and not model_name_or_path:
         tokenizer = byte_level_tokenizer()
         eos = tokenizer.eos_token_id
         config = GPT2Config(vocab_size=len(tokenizer), num_labels=num_labels, bos_token_id=eos, eos_token_id=eos, **TINY_CONFIG)
-        model = GPT2ForSequenceClassification(config)
+        model = GPT2ForSequenceClassification(config).to(torch_dtype)
     else:
         source, local = resolve_source(spec, model_name_or_path)
         verbosity = hf_logging.get_verbosity()
@@ -201,7 +292,8 @@ def load_backbone(
         hf_logging.disable_progress_bar()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, local_files_only=local)
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, local_files_only=local,
+                                                                       torch_dtype=torch_dtype)
         except OSError as err:
             raise BackboneError(f"cannot load backbone {spec.name!r} from {source!r}: {err}".splitlines()[0]) from err
         finally:
@@ -215,11 +307,18 @@ def load_backbone(
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
+    if torch_dtype != torch.float32:
+        for head in head_modules(model).values():
+            head.float()
+            head.register_forward_pre_hook(lambda _, args: tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+                                                                 for a in args))
     model.eval()
     return model, tokenizer
 
 
-HEAD_NAMES = ("classifier", "score")  # what PEFT's SEQ_CLS task type keeps trainable too
+# What PEFT's SEQ_CLS task type keeps trainable too, and DeBERTa's pooler, new in every classifier
+# built on a DeBERTa checkpoint (PEFT would leave it frozen at its random start).
+HEAD_NAMES = ("classifier", "score", "pooler")
 
 
 def head_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -42,7 +42,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--backbone", default="minilm", show_default=True, help="gpt2, distilgpt2, minilm or tiny.")
+@click.option("--backbone", default="minilm", show_default=True, help="gpt2, distilgpt2, minilm, tiny, or auto (your model).")
 @click.option("--task", default="sst2", show_default=True, help="sst2, cola, mrpc, rte, stsb, or a folder with train/validation TSV or CSV.")
 @click.option("--rank-map", "rank_map_path", type=click.Path(), help="Rank map JSON (e.g. a search's best_rank_map.json), or a PEFT LoRA adapter_config.json or its folder.")
 @click.option("--uniform", type=int, help="Give every default module this rank instead of a rank map.")
@@ -58,7 +58,10 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", envvar="RANKGYM_DATA_DIR", help="GLUE-layout folder (or $RANKGYM_DATA_DIR).")
-@click.option("--model-name-or-path", help="Local checkpoint folder (or hub id) instead of the default.")
+@click.option("--model-name-or-path", help="Local checkpoint folder (or hub id) instead of the default; with --backbone auto, the model.")
+@click.option("--target-modules", multiple=True, help="Module name or regex to adapt (repeatable; PEFT's convention), instead of the defaults.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="The frozen base's precision (adapters and head stay fp32).")
 @click.option("--text-column", default="sentence", show_default=True, help="Text column of a task folder; 'a,b' for sentence pairs.")
 @click.option("--label-column", default="label", show_default=True, help="Label column of a task folder.")
 @click.option("--regression/--classification", default=None, help="A task folder's labels are float targets (default: detected).")
@@ -66,7 +69,8 @@ def main() -> None:
 @click.option("--peft-out", type=click.Path(), help="Also write the trained adapter here for PEFT (PeftModel.from_pretrained).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line: metric, trainable_params, seconds, out.")
 def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, train_examples, batch_size, lr, max_grad_norm,
-             val_examples, seed, device, data_dir, model_name_or_path, text_column, label_column, regression, out, peft_out, as_json) -> None:
+             val_examples, seed, device, data_dir, model_name_or_path, target_modules, dtype, text_column, label_column, regression, out,
+             peft_out, as_json) -> None:
     """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter.
 
     Training never sees the score split a search scores maps on (held out of the training file),
@@ -89,7 +93,7 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         evaluator = FinetuneEvaluator(backbone, task, recipe, seed, device, max(max_rank, 1), score_on="validation",
                                       model_name_or_path=model_name_or_path,
                                       data_dir=data_dir, text_column=text_column, label_column=label_column, regression=regression,
-                                      progress=not as_json, **policy)
+                                      progress=not as_json, target_modules=target_modules, dtype=dtype, **policy)
         if rank_map is None:
             rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, **policy)
         try:
@@ -295,7 +299,7 @@ def analyze(backbone, model_name_or_path, out) -> None:
 
     with user_errors():
         model, _ = load_backbone(backbone, model_name_or_path)
-        table = analyze_backbone(module_infos(model, get_backbone(backbone)), out_dir := Path(out or run_folder("analyze", backbone)))
+        table = analyze_backbone(module_infos(model, get_backbone(backbone, model_name_or_path)), out_dir := Path(out or run_folder("analyze", backbone)))
     for name, row in list(table.items())[:6]:
         click.echo(f"{name:50s} {row['kind']:9s} r80={row['r80']:4d} r90={row['r90']:4d} r95={row['r95']:4d}")
     click.echo(f"... {len(table)} modules; wrote {out_dir / 'spectral_ranks.json'} and {out_dir / 'spectra.png'}")
@@ -350,6 +354,9 @@ def envs() -> None:
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     click.echo("\nOverride any option at gym.make, e.g. gym.make(id, lam=0.2, device='cpu', store='runs/store.sqlite').")
+    click.echo("The auto ids adapt your own model: gym.make('RankSearch-auto-sst2-v0', model_name_or_path='DIR or hub id'), "
+               "or `rankgym search RankSearch-auto-sst2-v0 --env model_name_or_path=DIR`; model types with a module table: "
+               "bert, roberta, xlm-roberta, electra, deberta-v2, gpt2, llama, mistral, qwen2 (others: --env target_modules=[...]).")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ class EnvConfig:
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
     training file), ``elastic_examples`` and ``sandwich`` for the elastic evaluator (its one
     training run, at the full recipe's learning rate; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers`` and
-    ``fake_noise`` for the fake evaluator.
+    ``fake_noise`` for the fake evaluator, ``target_modules`` (PEFT-style names or regexes to
+    adapt) and ``dtype`` (the frozen base's: fp32, bf16, fp16). ``RankSearch-auto-{task}-v0`` adapts
+    the model at ``model_name_or_path``, its family read from its config.
     """
 
     backbone: str = "fake"
@@ -56,6 +58,8 @@ class EnvConfig:
     elastic_examples: int = 16384
     sandwich: bool = True
     model_name_or_path: str | None = None
+    target_modules: list[str] | None = None
+    dtype: str = "fp32"
     data_dir: str | None = None
     fake_layers: int = 4
     fake_noise: float = 0.0
@@ -105,6 +109,7 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
     "minilm": dict(train_examples=1024, max_rank=16, initial_rank=8, max_episode_steps=16),
     "gpt2": dict(train_examples=2048, max_rank=16, initial_rank=8, max_episode_steps=16),
     "distilgpt2": dict(train_examples=2048, max_rank=16, initial_rank=8, max_episode_steps=16),
+    "auto": dict(train_examples=1024, max_rank=16, initial_rank=8, max_episode_steps=16),
 }
 FAKE_ID = "RankSearch-fake-v0"
 
@@ -112,7 +117,7 @@ FAKE_ID = "RankSearch-fake-v0"
 def env_ids() -> dict[str, dict[str, Any]]:
     """Every registered id with its default kwargs."""
     ids = {FAKE_ID: dict(backbone="fake", task="fake", evaluator="fake")}
-    for backbone in BACKBONES:
+    for backbone in (*BACKBONES, "auto"):
         for task in TASKS:
             ids[f"RankSearch-{backbone}-{task}-v0"] = dict(backbone=backbone, task=task, evaluator="finetune",
                                                           **BACKBONE_DEFAULTS[backbone])
@@ -148,7 +153,7 @@ def build_evaluator(config: EnvConfig, k: int = 1):
         return ReplayEvaluator(config.store, config.backbone, config.task)
     common = dict(backbone=config.backbone, task=config.task, recipe=recipe_of(config), seed=config.seed, device=config.device,
                   max_rank=config.max_rank, score_examples=config.score_examples, model_name_or_path=config.model_name_or_path,
-                  data_dir=config.data_dir, **alpha_policy_of(config))
+                  data_dir=config.data_dir, target_modules=config.target_modules, dtype=config.dtype, **alpha_policy_of(config))
     if config.evaluator == "elastic":
         from pathlib import Path
 

@@ -51,7 +51,7 @@ def test_checkers_pass_on_the_minilm_env_cold(sst2_dir):
 def test_observation_layout_is_documented_size(sst2_dir):
     env = gym.make("RankSearch-fake-v0").unwrapped
     obs, info = env.reset(seed=0)
-    assert obs.shape == (24 * 12 + 3,)
+    assert obs.shape == (24 * 14 + 3,)
     assert obs[0] == pytest.approx(8 / 16)  # first module's rank relative to max_rank
     assert obs[-3] == pytest.approx(info["metric"]) and obs[-2] == pytest.approx(info["cost"]) and obs[-1] == 0.0
     assert set(info) >= {"metric", "params", "cost", "seconds", "rank_map", "error"} and "cache_hit" not in info
@@ -259,7 +259,7 @@ def test_make_with_module_prefix_in_a_spawned_process():
     child.start()
     shape, metric = queue.get(timeout=120)
     child.join(timeout=60)
-    assert shape == (291,) and 0.5 < metric < 1
+    assert shape == (24 * 14 + 3,) and 0.5 < metric < 1
 
 
 def _write_rows(path, worker, n):

@@ -6,8 +6,8 @@ The environment is thin on purpose: everything expensive sits behind an
 
 Observation (float32, each entry in [0, 1]): for every module, in model order,
 
-    rank / max_rank, depth (block / (blocks - 1)), one-hot kind (7: query, key, value, qkv,
-    attn_out, mlp_in, mlp_out), log2(in) / 16, log2(out) / 16, r90 / min(in, out)
+    rank / max_rank, depth (block / (blocks - 1)), one-hot kind (9: query, key, value, qkv,
+    attn_out, mlp_in, mlp_out, mlp_gate, other), log2(in) / 16, log2(out) / 16, r90 / min(in, out)
 
 where r90 is the rank whose top singular values of the frozen weight reach 90 % of their sum;
 then three global features: last metric, last cost, progress in the episode (step / length).

@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -74,7 +74,9 @@ class FinetuneEvaluator(Evaluator):
             uses, see :func:`rankgym.tasks.hold_out_score_split`); ``"validation"`` on the
             validation split (final numbers: ``rankgym finetune`` and promotion).
         score_examples: size of the score split (default: the validation split's, at most 1,000).
-        model_name_or_path / data_dir: local copies instead of the hub.
+        model_name_or_path / data_dir: local copies instead of the hub (``backbone="auto"``: the model to adapt).
+        target_modules: PEFT-style module names or regexes to adapt instead of the backbone's defaults.
+        dtype: the frozen base's precision (``fp32``, ``bf16``, ``fp16``); adapters and head stay fp32.
         text_column / label_column: columns of a task given as a folder of TSV/CSV files
             (``text_column="a,b"`` for sentence pairs).
         regression: a task folder's labels are float targets (None: detected).
@@ -102,8 +104,11 @@ class FinetuneEvaluator(Evaluator):
         label_column: str = "label",
         regression: bool | None = None,
         progress: bool = False,
+        target_modules: Sequence[str] | None = None,
+        dtype: str = "fp32",
     ) -> None:
-        self.spec = get_backbone(backbone)
+        self.spec = get_backbone(backbone, model_name_or_path, target_modules)
+        self.dtype = dtype
         self.recipe, self.seed, self.max_rank, self.progress = recipe, seed, max_rank, progress
         self.device = resolve_device(device)
         if score_on not in ("score", "validation"):
@@ -114,7 +119,7 @@ class FinetuneEvaluator(Evaluator):
         self.data = load_task(task, data_dir, text_column, label_column, regression)
         self.model_name_or_path = model_name_or_path
         with torch.random.fork_rng(devices=[]):
-            self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed)
+            self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed, dtype=dtype)
         self.model.to(self.device)
         pool, score = hold_out_score_split(self.data, score_examples)
         validation = self.data.validation
@@ -139,6 +144,8 @@ class FinetuneEvaluator(Evaluator):
         return {
             "backbone": self.spec.name,
             "revision": self.revision,
+            "target_modules": list(self.spec.target_patterns),
+            "dtype": self.dtype,
             "task": self.data.name,
             "evaluator": f"{self.name}-v{self.version}",
             "budget": resolved.to_dict(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rankgym.lora.layer import AlphaMode, base_shape, initial_A, lora_scale
+from rankgym.lora.layer import AlphaMode, base_shape, factor_dtype, initial_A, lora_scale
 
 
 class BatchedLoRALayer(nn.Module):
@@ -34,9 +34,10 @@ class BatchedLoRALayer(nn.Module):
         self.k, self.max_rank = k, max_rank
         self.alpha, self.alpha_mode, self.rslora = alpha, alpha_mode, rslora
         w = base.weight
-        self.lora_A = nn.Parameter(torch.zeros(k, max_rank, self.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(k, self.out_features, max_rank, dtype=w.dtype, device=w.device))
-        self.register_buffer("mask", torch.zeros(k, max_rank, dtype=w.dtype, device=w.device), persistent=False)
+        dtype = factor_dtype(w.dtype)
+        self.lora_A = nn.Parameter(torch.zeros(k, max_rank, self.in_features, dtype=dtype, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(k, self.out_features, max_rank, dtype=dtype, device=w.device))
+        self.register_buffer("mask", torch.zeros(k, max_rank, dtype=dtype, device=w.device), persistent=False)
         self.ranks = [0] * k
         self.active = k  # configurations in the current batch (the first `active` slices)
 

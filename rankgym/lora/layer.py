@@ -44,6 +44,11 @@ def lora_scale(r: int, alpha: float, alpha_mode: AlphaMode = "fixed", rslora: bo
     return lora_alpha / (math.sqrt(r) if rslora else r)
 
 
+def factor_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """Adapters train in fp32 over a half-precision base (bf16 / fp16 factors lose small updates)."""
+    return torch.float32 if base_dtype in (torch.float16, torch.bfloat16) else base_dtype
+
+
 def initial_A(rows: int, in_features: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Fresh rows of A as PEFT initialises them (kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in)))."""
     bound = 1.0 / math.sqrt(in_features)
@@ -81,8 +86,9 @@ class LoRALayer(nn.Module):
         self._check_rank(self.max_rank)
         self.alpha, self.alpha_mode, self.rslora = alpha, alpha_mode, rslora
         weight = base.weight
-        self.lora_A = nn.Parameter(torch.zeros(self.max_rank, self.in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.max_rank, dtype=weight.dtype, device=weight.device))
+        dtype = factor_dtype(weight.dtype)
+        self.lora_A = nn.Parameter(torch.zeros(self.max_rank, self.in_features, dtype=dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.max_rank, dtype=dtype, device=weight.device))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.rank = 0

@@ -7,10 +7,11 @@ from typing import Sequence
 from rankgym.evaluators.base import ModuleInfo, adapter_params
 
 # The article's layer-type presets (section 5.1): rank per module kind, low / medium / high.
+# A gated MLP's gate gets its up projection's rank; a module no table knows ("other") the middle one.
 PRESETS: dict[str, dict[str, int]] = {
-    "low": {"query": 4, "key": 4, "value": 4, "attn_out": 8, "mlp_in": 8, "mlp_out": 16},
-    "medium": {"query": 8, "key": 8, "value": 8, "attn_out": 16, "mlp_in": 16, "mlp_out": 32},
-    "high": {"query": 16, "key": 16, "value": 16, "attn_out": 32, "mlp_in": 32, "mlp_out": 64},
+    "low": {"query": 4, "key": 4, "value": 4, "attn_out": 8, "mlp_in": 8, "mlp_gate": 8, "mlp_out": 16, "other": 8},
+    "medium": {"query": 8, "key": 8, "value": 8, "attn_out": 16, "mlp_in": 16, "mlp_gate": 16, "mlp_out": 32, "other": 16},
+    "high": {"query": 16, "key": 16, "value": 16, "attn_out": 32, "mlp_in": 32, "mlp_gate": 32, "mlp_out": 64, "other": 32},
 }
 
 
