@@ -6,8 +6,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 from peft import PeftModel
-from transformers import (AutoModelForSequenceClassification, BertConfig, DebertaV2Config, GPT2Config, LlamaConfig, OPTConfig,
-                          Qwen2Config, RobertaConfig)
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    DebertaV2Config,
+    GPT2Config,
+    LlamaConfig,
+    OPTConfig,
+    Qwen2Config,
+    RobertaConfig,
+)
 
 from rankgym.backbones import BackboneError, byte_level_tokenizer, get_backbone, load_backbone
 from rankgym.cli import main

@@ -11,7 +11,6 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from rankgym.backbones import load_backbone
-
 from rankgym.cli import main
 from rankgym.promotion import candidates
 from rankgym.rankmap import RankMap
