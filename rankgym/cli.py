@@ -337,6 +337,23 @@ def bench(backbone, random_init, device, train_examples, val_examples, batch_siz
 
 
 @main.command()
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(), required=True, help="Table to write (JSON), for evaluator=surrogate, surrogate_table=OUT.")
+@click.option("--backbone", help="Pick the recorded context by backbone ...")
+@click.option("--task", help="... task ...")
+@click.option("--evaluator", help="... and evaluator (e.g. elastic).")
+def surrogate(store, out, backbone, task, evaluator) -> None:
+    """Fit a surrogate to the evaluations of STORE: write its table and print its held-out error."""
+    from rankgym.evaluators.surrogate import main_table
+
+    with user_errors():
+        error = main_table(store, out, backbone=backbone, task=task, evaluator=evaluator)
+    click.echo(f"wrote {out}: {error['maps']} evaluations; held out (5-fold, grouped by map): mean absolute error "
+               f"{error['mae']:.4f} (metric std {error['spread']:.4f}), Kendall's tau {error['kendall_tau']:.3f}")
+    click.echo(f"use it: gym.make('{'RankSearch-minilm-sst2-surrogate-v0'}', surrogate_table={out!r})")
+
+
+@main.command()
 def envs() -> None:
     """List the registered environment ids with backbone, task, evaluator and default budget."""
     from rankgym.registry import EnvConfig, env_ids
@@ -346,7 +363,7 @@ def envs() -> None:
     rows = [("id", "backbone", "task", "metric", "evaluator", "train examples", "episode steps", "max rank")]
     for env_id, kwargs in env_ids().items():
         get = lambda k: kwargs.get(k, getattr(defaults, k))  # noqa: E731
-        budget = "closed form" if get("evaluator") == "fake" else str(get("train_examples"))
+        budget = {"fake": "closed form", "surrogate": "fitted table"}.get(get("evaluator"), str(get("train_examples")))
         metric = GLUE[get("task")].metric if get("task") in GLUE else "closed form"
         rows.append((env_id, get("backbone"), get("task"), metric, get("evaluator"), budget, str(get("max_episode_steps")),
                      str(get("max_rank"))))

@@ -17,6 +17,7 @@ retrained once more, which gives the same adapter.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rankgym.rankmap import RankMap
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,7 +155,8 @@ def _retrainer(config, recipe, seed: int, max_rank: int):
 
     return FinetuneEvaluator(config.backbone, config.task, recipe, seed, config.device, max_rank=max_rank or 1, score_on="validation",
                              score_examples=config.score_examples, model_name_or_path=config.model_name_or_path,
-                             data_dir=config.data_dir, **alpha_policy_of(config))
+                             data_dir=config.data_dir, target_modules=config.target_modules, dtype=config.dtype,
+                             **alpha_policy_of(config))
 
 
 def _keep_winner_adapter(adapter_dir: Path, staging: Path, index: int, winner: dict[str, Any], config, recipe) -> None:
@@ -163,11 +167,14 @@ def _keep_winner_adapter(adapter_dir: Path, staging: Path, index: int, winner: d
         shutil.rmtree(adapter_dir, ignore_errors=True)
         saved.rename(adapter_dir)
     elif not adapter_dir.is_dir():  # the store answered the winner's retrain: train it again for its weights
-        evaluator = _retrainer(config, recipe, 0, max(winner["ranks"].values()))
-        rank_map = evaluator.template().replace(winner["ranks"])
-        evaluator.evaluate(rank_map)
-        evaluator.save_peft_adapter(adapter_dir, rank_map)
-        evaluator.close()
+        try:
+            evaluator = _retrainer(config, recipe, 0, max(winner["ranks"].values()))
+            rank_map = evaluator.template().replace(winner["ranks"])
+            evaluator.evaluate(rank_map)
+            evaluator.save_peft_adapter(adapter_dir, rank_map)
+            evaluator.close()
+        except Exception as err:  # the answer stands without its weights; summary.json then says adapter: null
+            log.warning("could not keep the winner's trained adapter: %s", err)
     shutil.rmtree(staging, ignore_errors=True)
 
 

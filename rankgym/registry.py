@@ -19,7 +19,7 @@ from rankgym.tasks import TASKS
 
 ENTRY_POINT = "rankgym.registry:make_rank_search_env"
 VECTOR_ENTRY_POINT = "rankgym.registry:make_rank_search_vector_env"
-EVALUATORS = ("finetune", "warmstart", "batched", "elastic", "fake", "replay")
+EVALUATORS = ("finetune", "warmstart", "batched", "elastic", "fake", "replay", "surrogate")
 
 
 @dataclass
@@ -35,7 +35,8 @@ class EnvConfig:
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
     training file), ``elastic_examples`` and ``sandwich`` for the elastic evaluator (its one
     training run, at the full recipe's learning rate; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers`` and
-    ``fake_noise`` for the fake evaluator, ``target_modules`` (PEFT-style names or regexes to
+    ``fake_noise`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
+    shipped MiniLM x SST-2 table), ``target_modules`` (PEFT-style names or regexes to
     adapt) and ``dtype`` (the frozen base's: fp32, bf16, fp16). ``RankSearch-auto-{task}-v0`` adapts
     the model at ``model_name_or_path``, its family read from its config.
     """
@@ -61,6 +62,7 @@ class EnvConfig:
     target_modules: list[str] | None = None
     dtype: str = "fp32"
     data_dir: str | None = None
+    surrogate_table: str | None = None
     fake_layers: int = 4
     fake_noise: float = 0.0
     lam: float | None = None  # 0.5, or 0 with a param_budget
@@ -112,11 +114,13 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
     "auto": dict(train_examples=1024, max_rank=16, initial_rank=8, max_episode_steps=16),
 }
 FAKE_ID = "RankSearch-fake-v0"
+SURROGATE_ID = "RankSearch-minilm-sst2-surrogate-v0"  # the shipped table: real MiniLM x SST-2 elastic scores
 
 
 def env_ids() -> dict[str, dict[str, Any]]:
     """Every registered id with its default kwargs."""
-    ids = {FAKE_ID: dict(backbone="fake", task="fake", evaluator="fake")}
+    ids = {FAKE_ID: dict(backbone="fake", task="fake", evaluator="fake"),
+           SURROGATE_ID: dict(backbone="minilm", task="sst2", evaluator="surrogate", max_rank=16, initial_rank=8, max_episode_steps=16)}
     for backbone in (*BACKBONES, "auto"):
         for task in TASKS:
             ids[f"RankSearch-{backbone}-{task}-v0"] = dict(backbone=backbone, task=task, evaluator="finetune",
@@ -145,6 +149,10 @@ def build_evaluator(config: EnvConfig, k: int = 1):
         from rankgym.evaluators.fake import FakeEvaluator
 
         return FakeEvaluator(layers=config.fake_layers, seed=config.seed, noise=config.fake_noise)
+    if config.evaluator == "surrogate":
+        from rankgym.evaluators.surrogate import SurrogateEvaluator
+
+        return SurrogateEvaluator(config.surrogate_table, seed=config.seed)
     if config.evaluator == "replay":
         from rankgym.evaluators.replay import ReplayEvaluator
 
