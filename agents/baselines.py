@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rankgym.evaluators.base import adapter_params
-from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli
+from rankgym.run import SearchArgs, evaluate_batch, finish_search, open_search, parse_cli
 from rankgym.strategies import baseline_maps
 
 
@@ -28,8 +28,8 @@ def run(args: Args) -> dict[str, Any]:
     started = time.time()
     run_dir, env, log, progress = open_search(args, args.family)
     budget_params = adapter_params(env.modules, env.initial)
-    for label, ranks in baseline_maps(env.modules, args.family, budget_params)[: args.budget]:
-        evaluate_ranks(env, log, progress, ranks, label)
+    maps = baseline_maps(env.modules, args.family, budget_params)[: args.budget]
+    evaluate_batch(env, log, progress, [ranks for _, ranks in maps], [label for label, _ in maps])  # side by side on a Ray pool
     return finish_search(run_dir, env, started, progress, args)
 
 

@@ -118,8 +118,10 @@ def run(args: Args) -> dict[str, Any]:
     model.save(str(run_dir.path / "checkpoints" / "ppo_final"))
     progress.close()
     template, lam = (venv.get_attr(name, [0])[0] for name in ("template", "lam"))
+    evaluator = venv.get_attr("evaluator", [0])[0] if not spawned else None
+    pool = evaluator.utilisation() if hasattr(evaluator, "utilisation") else None
     venv.close()
-    return run_dir.finish(template, lam, started, promotion=args.promotion())
+    return run_dir.finish(template, lam, started, promotion=args.promotion(), pool=pool)
 
 
 if __name__ == "__main__":

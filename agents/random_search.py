@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli
+from rankgym.run import SearchArgs, evaluate_batch, finish_search, open_search, parse_cli
 
 
 @dataclass
@@ -26,8 +26,11 @@ def run(args: Args) -> dict[str, Any]:
     run_dir, env, log, progress = open_search(args, "random")
     rng = np.random.default_rng(args.seed)
     choices = np.arange(env.min_rank, env.max_rank + 1, env.rank_step)
-    for _ in range(args.budget):
-        evaluate_ranks(env, log, progress, rng.choice(choices, size=len(env.names)))
+    done = 0
+    while done < args.budget:  # one map at a time, or a Ray pool's worth: the same maps in the same order
+        batch = [rng.choice(choices, size=len(env.names)) for _ in range(min(env.evaluator.parallel, args.budget - done))]
+        evaluate_batch(env, log, progress, batch)
+        done += len(batch)
     return finish_search(run_dir, env, started, progress, args)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rankgym.errors import ConfigError
-from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli
+from rankgym.run import SearchArgs, evaluate_batch, finish_search, open_search, parse_cli
 
 
 @dataclass
@@ -29,11 +29,15 @@ def run(args: Args) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
 
-    def objective(trial) -> float:
-        ranks = [trial.suggest_int(name, env.min_rank, env.max_rank, step=env.rank_step) for name in env.names]
-        return evaluate_ranks(env, log, progress, ranks)["reward"]
+    def ranks(trial) -> list[int]:
+        return [trial.suggest_int(name, env.min_rank, env.max_rank, step=env.rank_step) for name in env.names]
 
-    study.optimize(objective, n_trials=args.budget)
+    done = 0
+    while done < args.budget:  # ask / tell: as many trials in flight as the env evaluates at once (a Ray pool's workers)
+        trials = [study.ask() for _ in range(min(env.evaluator.parallel, args.budget - done))]
+        for trial, info in zip(trials, evaluate_batch(env, log, progress, [ranks(t) for t in trials])):
+            study.tell(trial, info["reward"])
+        done += len(trials)
     return finish_search(run_dir, env, started, progress, args)
 
 

@@ -156,6 +156,10 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--set", "hp_options", multiple=True, metavar="KEY=VALUE", help="PPO hyperparameter override (repeatable).")
 @click.option("--n-envs", type=int, default=1, show_default=True, help="PPO: parallel environments (on one device their maps train together; with several --devices, one spawned process each).")
 @click.option("--devices", multiple=True, help="PPO: one device per worker, cycled (repeatable).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Evaluate on Ray workers: --ray starts a local cluster, --ray auto joins a running one, or give its address.")
+@click.option("--workers", type=int, default=2, show_default=True, help="With --ray: evaluation workers (one GPU each on GPU clusters).")
+@click.option("--worker-cpus", type=int, default=1, show_default=True, help="With --ray: CPUs (torch threads) per CPU worker.")
 @click.option("--param-budget", type=float, help="At most this fraction (0, 1] of uniform rank max_rank's adapter parameters, "
               "or this many parameters (> 1); maps over it are scaled down onto it and the reward is the metric.")
 @click.option("--promote", type=int, default=3, show_default=True, help="Top maps retrained with the full recipe at the end.")
@@ -165,8 +169,8 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--retry-failed", is_flag=True, help="With --resume: evaluate maps whose stored evaluation failed again.")
 @click.option("--allow-divergence", is_flag=True, help="With --resume: where the rerun differs from the log, replace the log from there.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
-def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, param_budget, promote, promote_seeds,
-           promote_examples, no_promote, retry_failed, allow_divergence, report) -> None:
+def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, ray_address, workers, worker_cpus,
+           param_budget, promote, promote_seeds, promote_examples, no_promote, retry_failed, allow_divergence, report) -> None:
     """Search rank maps on ENV_ID with an agent; writes a run folder with the answer and a report.
 
     The answer is promoted: the top maps by search score (scored on examples held out of training)
@@ -195,6 +199,10 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
             env_kwargs, hyperparams = key_values(env_options), key_values(hp_options)
             if param_budget is not None:
                 env_kwargs["param_budget"] = param_budget
+            if ray_address:
+                env_kwargs.update(ray_workers=workers, worker_cpus=worker_cpus, ray_address=None if ray_address == "local" else ray_address)
+                if agent == "ppo" and n_envs == 1:
+                    n_envs = workers  # one environment per worker: their steps evaluate side by side
             if min(promote, promote_seeds, promote_examples) < 0 or (promote and not (promote_seeds and promote_examples)):
                 fail("--promote, --promote-seeds and --promote-examples must be >= 1 (or --no-promote)")
             promotion = dict(promote=0 if no_promote else promote, promote_seeds=promote_seeds, promote_examples=promote_examples)
@@ -234,6 +242,9 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                    f"{summary['initial_params']:,} adapter parameters (the map every episode starts from)")
     click.echo(f"{summary['evaluations']} evaluations ({summary['trained']} computed, {summary['cache_hits']} from the store) "
                f"in {summary['seconds']:.0f} s")
+    if summary.get("pool"):
+        pool = summary["pool"]
+        click.echo(f"Ray workers: evaluations {pool['evaluations_per_worker']}, busy {[f'{u:.0%}' for u in pool['utilisation']]} of the search")
     if summary.get("adapter"):
         click.echo(f"trained adapter of the winner (seed 0): {summary['adapter']}  (peft.PeftModel.from_pretrained(model, that folder))")
     click.echo(f"run folder: {run_dir}" + (f"  report: {run_dir / 'report' / 'report.md'}" if report else ""))

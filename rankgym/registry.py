@@ -63,6 +63,9 @@ class EnvConfig:
     dtype: str = "fp32"
     data_dir: str | None = None
     surrogate_table: str | None = None
+    ray_workers: int = 0  # > 0: evaluations run on this many Ray actors (rankgym.ray_pool)
+    ray_address: str | None = None  # "auto" joins a running cluster; None starts a local one
+    worker_cpus: int = 1
     fake_layers: int = 4
     fake_noise: float = 0.0
     lam: float | None = None  # 0.5, or 0 with a param_budget
@@ -145,6 +148,10 @@ def alpha_policy_of(config: EnvConfig) -> dict[str, Any]:
 
 
 def build_evaluator(config: EnvConfig, k: int = 1):
+    if config.ray_workers > 0:  # every worker builds the evaluator below for itself
+        from rankgym.ray_pool import RayEvaluator
+
+        return RayEvaluator({**asdict(config), "ray_workers": 0}, config.ray_workers, config.ray_address, config.worker_cpus)
     if config.evaluator == "fake":
         from rankgym.evaluators.fake import FakeEvaluator
 
@@ -195,7 +202,7 @@ def make_batched_episodes(num_envs: int, env_id: str = "RankSearch", on_evaluati
     from rankgym.envs.vector import BatchedEpisodes
 
     config = EnvConfig.from_kwargs(kwargs, env_id)
-    if config.evaluator == "finetune":
+    if config.evaluator == "finetune" and not config.ray_workers:  # on Ray each worker trains its own maps
         config.evaluator = "batched"
     if config.evaluator in ("warmstart", "replay"):
         raise ConfigError(f"the {config.evaluator} evaluator cannot be shared by vector environments; use finetune or fake")

@@ -191,7 +191,8 @@ class RunDir:
     def log(self, worker: int = 0, allow_divergence: bool = False) -> StepLog:
         return StepLog(self.store_path, worker, allow_divergence)
 
-    def finish(self, template: RankMap, lam: float, started: float, promotion: Promotion | None = None) -> dict[str, Any]:
+    def finish(self, template: RankMap, lam: float, started: float, promotion: Promotion | None = None,
+               pool: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write steps.csv, promote the top maps, then the answer (rankgym JSON and PEFT config) and summary.json.
 
         ``template`` carries the environment's modules and alpha policy. The answer is the promoted winner where
@@ -239,6 +240,7 @@ class RunDir:
             "initial_uniform_rank": _uniform_rank(start),
             "promotion": table,
             "adapter": str(self.adapter_path) if self.adapter_path.is_dir() else None,
+            "pool": pool,  # a Ray search's evaluations per worker and utilisation
         }
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
@@ -276,16 +278,23 @@ def open_search(args: "SearchArgs", agent: str):
 
 def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | None = None) -> dict[str, Any]:
     """Evaluate one proposed map (ranks in module order) through the env's store; log it."""
-    info = env.evaluate_map(dict(zip(env.names, (int(r) for r in ranks))))
-    log.record("map", info, info["reward"], label, env.last_evaluation.cache_hit)
-    progress("map", info, info["reward"])
-    return info
+    return evaluate_batch(env, log, progress, [ranks], [label])[0]
+
+
+def evaluate_batch(env, log: StepLog, progress: Progress, batch, labels: list[str | None] | None = None) -> list[dict[str, Any]]:
+    """Evaluate several proposed maps at once (on a Ray pool, in parallel); logged in order, as one by one."""
+    infos = env.evaluate_maps([dict(zip(env.names, (int(r) for r in ranks))) for ranks in batch])
+    for info, evaluation, label in zip(infos, env.last_evaluations, labels or [None] * len(infos)):
+        log.record("map", info, info["reward"], label, evaluation.cache_hit)
+        progress("map", info, info["reward"])
+    return infos
 
 
 def finish_search(run_dir: RunDir, env, started: float, progress: Progress, args: "SearchArgs") -> dict[str, Any]:
     progress.close()
+    pool = env.evaluator.utilisation() if hasattr(env.evaluator, "utilisation") else None
     env.close()  # frees the search's model before promotion loads its own
-    return run_dir.finish(env.template, env.lam, started, promotion=args.promotion())
+    return run_dir.finish(env.template, env.lam, started, promotion=args.promotion(), pool=pool)
 
 
 @dataclass

@@ -126,6 +126,7 @@ class RankSearchEnv(gym.Env):
         self.best: dict[str, Any] | None = None
         self.evaluations = 0
         self.last_evaluation: Evaluation | None = None  # its cache_hit says whether the store answered
+        self.last_evaluations: list[Evaluation] = []  # those of the last evaluate_maps call
 
     # -- construction helpers ------------------------------------------------------------------
     def _initial_ranks(self, initial_map, initial_rank: int) -> np.ndarray:
@@ -237,13 +238,37 @@ class RankSearchEnv(gym.Env):
         Ranks may exceed ``max_rank`` (baselines such as the high preset); the episode is untouched.
         Returns the same info a step returns, with ``reward`` set to the score (or the penalty).
         """
-        ranks = rank_map.ranks if isinstance(rank_map, RankMap) else rank_map
-        values, self.projected = self.within_budget(np.array([int(ranks.get(n, 0)) for n in self.names], dtype=np.int64))
-        rank_map = self.template.replace({n: int(r) for n, r in zip(self.names, values)})
-        evaluation = self._evaluate(rank_map)
-        info = self._record(rank_map, evaluation)
-        info["reward"] = info["score"] if evaluation.ok else self.failure_penalty
-        return info
+        return self.evaluate_maps([rank_map])[0]
+
+    def evaluate_maps(self, rank_maps: Sequence[RankMap | dict[str, int]]) -> list[dict[str, Any]]:
+        """:meth:`evaluate_map` for several maps at once: the store's misses go to the evaluator in
+        one ``evaluate_many`` call where it has one (a batched or Ray evaluator), and the infos come
+        back in order, exactly as one by one."""
+        projected, maps = [], []
+        for rank_map in rank_maps:
+            ranks = rank_map.ranks if isinstance(rank_map, RankMap) else rank_map
+            values, moved = self.within_budget(np.array([int(ranks.get(n, 0)) for n in self.names], dtype=np.int64))
+            projected.append(moved)
+            maps.append(self.template.replace({n: int(r) for n, r in zip(self.names, values)}))
+        found = [self.lookup(m) for m in maps]
+        todo = list({m.key(): m for m, f in zip(maps, found) if f is None}.values())
+        fresh: dict[str, Evaluation] = {}
+        if len(todo) > 1 and hasattr(self.evaluator, "evaluate_many"):
+            start = time.perf_counter()
+            try:
+                evaluations = self.evaluator.evaluate_many(todo)
+            except Exception as err:  # as one by one: a failed evaluation is a penalty, not a crash
+                evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), time.perf_counter() - start) for m in todo]
+            fresh = {m.key(): self.remember(m, e) for m, e in zip(todo, evaluations)}
+        infos, self.last_evaluations = [], []
+        for rank_map, evaluation, moved in zip(maps, found, projected):
+            evaluation = evaluation or fresh.get(rank_map.key()) or self._evaluate(rank_map)
+            self.projected = moved
+            info = self._record(rank_map, evaluation)
+            info["reward"] = info["score"] if evaluation.ok else self.failure_penalty
+            infos.append(info)
+            self.last_evaluations.append(evaluation)  # their cache_hit, map by map
+        return infos
 
     # -- Gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

@@ -88,6 +88,7 @@ class Evaluator(ABC):
     name: str = "evaluator"
     version: int = 1
     cacheable: bool = True  # False when a result depends on more than the map (warm start's history)
+    parallel: int = 1  # maps an agent should propose at once (a Ray pool's workers evaluate them side by side)
     alpha_policy: dict[str, Any] = ALPHA_POLICY
     split: str = "score"  # where metrics come from: "score" (held out of training), "validation" or "closed form"
 

@@ -67,7 +67,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         self.sandwich = sandwich
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.training_seconds: float | None = None  # what training the adapter cost (also when it was loaded)
-        self.source: str | None = None  # "trained" or "loaded"
+        self.source: str | None = None  # "trained", "loaded" (from its file) or "shipped" (by a Ray pool)
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "evaluator": f"{self.name}-v{self.version}", "grid": self.grid, "sandwich": self.sandwich}
@@ -126,15 +126,35 @@ class ElasticEvaluator(FinetuneEvaluator):
         except (SafetensorError, OSError, ValueError) as err:
             log.warning("ignoring unreadable elastic adapter %s (%s); training a new one", path, err)
             return False
-        params = self._trainable()
-        if set(tensors) != set(params) or any(tensors[k].shape != p.shape for k, p in params.items()):
+        if not self._fits(tensors):
             log.warning("ignoring elastic adapter %s: its tensors do not fit this model; training a new one", path)
             return False
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(tensors[k])
+        self._copy_in(tensors)
         self.training_seconds = float(metadata.get("training_seconds", "nan"))
         return True
+
+    def _fits(self, tensors: dict[str, torch.Tensor]) -> bool:
+        params = self._trainable()
+        return set(tensors) == set(params) and all(tensors[k].shape == p.shape for k, p in params.items())
+
+    def _copy_in(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, p in self._trainable().items():
+                p.copy_(tensors[k])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The trained adapter's tensors (on the CPU), to hand to another evaluator of the same identity."""
+        self.ensure_trained()
+        return {k: p.detach().cpu().clone() for k, p in self._trainable().items()}
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], training_seconds: float) -> None:
+        """Use an adapter another evaluator of the same identity trained (a Ray pool ships it)."""
+        with self.private_rng():
+            self.prepare(self.template().replace({m.name: self.max_rank for m in self.modules}))
+        if not self._fits(tensors):
+            raise ValueError("these elastic weights do not fit this model")
+        self._copy_in(tensors)
+        self.training_seconds, self.source = training_seconds, "shipped"
 
     def _save(self) -> None:
         path = self.adapter_path

@@ -1,0 +1,147 @@
+"""Evaluations on a Ray cluster: one resident evaluator per worker, the driver the only writer.
+
+:class:`RayEvaluator` is an :class:`~rankgym.evaluators.base.Evaluator` whose evaluations run on Ray
+actors, each holding the evaluator the environment would have built (model, data and wrappers
+loaded once per actor, one GPU each on a GPU cluster, ``worker_cpus`` CPUs otherwise).
+``evaluate_many`` spreads maps over the actors (``ray.util.ActorPool``), so every path that already
+batches maps uses the pool as it is: PPO's vector envs (``--n-envs``), random search and the
+baselines (a batch of maps per round), TPE (as many trials in flight as workers). Evaluations come
+back to the driver, which writes the store and the step log: nothing depends on a file system
+shared between nodes.
+
+Faults are Ray's: an actor that dies (killed process, lost node, CUDA error) is restarted and the
+call it was running is retried (``max_restarts``, ``max_task_retries``), on the restarted actor
+or, if its node is gone, wherever Ray places it. A killed driver resumes with ``--resume`` as
+always, every finished evaluation answered from its store.
+
+The elastic evaluator trains its weight-shared adapter once, on the first actor; its weights go to
+the other actors through Ray's object store instead of being trained again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from rankgym.errors import ConfigError
+from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
+from rankgym.rankmap import RankMap
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'rankgym[ray]'") from None
+    return ray
+
+
+class _Worker:
+    """The evaluator of one actor, built from the environment's config where the actor runs."""
+
+    def __init__(self, config: dict[str, Any], threads: int) -> None:
+        import torch
+
+        from rankgym.registry import EnvConfig, build_evaluator
+
+        torch.set_num_threads(threads)
+        self.evaluator = build_evaluator(EnvConfig(**config))
+
+    def describe(self) -> tuple[dict[str, Any], list[ModuleInfo], dict[str, Any], str]:
+        return self.evaluator.identity(), self.evaluator.modules, self.evaluator.alpha_policy, self.evaluator.split
+
+    def elastic_weights(self):
+        self.evaluator.ensure_trained()
+        return self.evaluator.weights(), self.evaluator.training_seconds
+
+    def load_elastic_weights(self, weights, training_seconds: float) -> None:
+        self.evaluator.load_weights(weights, training_seconds)
+
+    def evaluate(self, rank_map: RankMap) -> tuple[Evaluation, float]:
+        start = time.perf_counter()
+        try:
+            evaluation = self.evaluator.evaluate(rank_map)
+        except Exception as err:  # NaN, out of memory: a failed evaluation, as in one process (a dead worker is Ray's to retry)
+            evaluation = Evaluation(math.nan, self.evaluator.trainable_params(rank_map), time.perf_counter() - start,
+                                    error=f"{type(err).__name__}: {err}")
+        return evaluation, time.perf_counter() - start
+
+
+class RayEvaluator(Evaluator):
+    """An evaluator whose evaluations run on ``workers`` Ray actors.
+
+    Args:
+        config: the environment's resolved config (:class:`rankgym.registry.EnvConfig` as a dict).
+        workers: actors, each holding one evaluator.
+        address: ``"auto"`` joins a running cluster, an address joins that one, None starts a local one.
+        worker_cpus: CPUs per actor (its torch threads); on GPU clusters each actor takes one GPU.
+        max_restarts: how often a dead actor is restarted (its running call is retried).
+    """
+
+    version = 1
+    name = "ray"
+
+    def __init__(self, config: dict[str, Any], workers: int = 2, address: str | None = None, worker_cpus: int = 1,
+                 max_restarts: int = 3) -> None:
+        ray = _ray()
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     **({} if address else {"num_cpus": max(workers * worker_cpus, 1)}))
+        gpus = config.get("device", "auto") != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
+        actor = ray.remote(_Worker).options(num_cpus=0 if gpus else worker_cpus, num_gpus=1 if gpus else 0,
+                                            max_restarts=max_restarts, max_task_retries=max_restarts)
+        self.actors = [actor.remote(config, worker_cpus) for _ in range(workers)]
+        self._identity, self._modules, self.alpha_policy, self.split = ray.get(self.actors[0].describe.remote())
+        self.name = str(self._identity.get("evaluator", "ray")).split("-v")[0]
+        self.cacheable = config.get("evaluator") != "warmstart"
+        if config.get("evaluator") == "elastic":  # train once, ship the weights through the object store
+            weights, seconds = ray.get(self.actors[0].elastic_weights.remote())
+            ref = ray.put(weights)
+            ray.get([a.load_elastic_weights.remote(ref, seconds) for a in self.actors[1:]])
+        self.k = self.parallel = workers  # maps evaluated at once (a vector env's batch, an agent's proposals)
+        self.per_worker = [0] * workers
+        self.busy_seconds = [0.0] * workers
+        self.started = time.perf_counter()
+
+    @property
+    def modules(self) -> list[ModuleInfo]:
+        return self._modules
+
+    def identity(self) -> dict[str, Any]:
+        return self._identity  # the workers' own: a search on Ray and one without share a store
+
+    def evaluate(self, rank_map: RankMap) -> Evaluation:
+        return self.evaluate_many([rank_map])[0]
+
+    def evaluate_many(self, rank_maps: list[RankMap]) -> list[Evaluation]:
+        """Every map on the first free actor; results in the order of ``rank_maps``."""
+        ray = _ray()
+        pending = {}
+        free = list(range(len(self.actors)))
+        results: list[Evaluation | None] = [None] * len(rank_maps)
+        queue = list(enumerate(rank_maps))
+        while queue or pending:
+            while queue and free:
+                i, rank_map = queue.pop(0)
+                w = free.pop(0)
+                pending[self.actors[w].evaluate.remote(rank_map)] = (i, w)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i, w = pending.pop(done[0])
+            results[i], seconds = ray.get(done[0])
+            self.per_worker[w] += 1
+            self.busy_seconds[w] += seconds
+            free.append(w)
+        return results
+
+    def utilisation(self) -> dict[str, Any]:
+        """Evaluations per worker and the share of wall time each spent evaluating."""
+        wall = max(time.perf_counter() - self.started, 1e-9)
+        return {"evaluations_per_worker": list(self.per_worker), "utilisation": [round(b / wall, 3) for b in self.busy_seconds]}
+
+    def close(self) -> None:
+        ray = _ray()
+        for a in self.actors:
+            ray.kill(a)
