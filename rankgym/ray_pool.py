@@ -21,6 +21,7 @@ the other actors through Ray's object store instead of being trained again.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -93,7 +94,8 @@ class RayEvaluator(Evaluator):
         gpus = config.get("device", "auto") != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
         actor = ray.remote(_Worker).options(num_cpus=0 if gpus else worker_cpus, num_gpus=1 if gpus else 0,
                                             max_restarts=max_restarts, max_task_retries=max_restarts)
-        self.actors = [actor.remote(config, worker_cpus) for _ in range(workers)]
+        tag = f"rankgym-{os.getpid()}-{time.time_ns()}"  # named, so that an operator (or a test) can find a worker
+        self.actors = [actor.options(name=f"{tag}-worker-{i}").remote(config, worker_cpus) for i in range(workers)]
         self._identity, self._modules, self.alpha_policy, self.split = ray.get(self.actors[0].describe.remote())
         self.name = str(self._identity.get("evaluator", "ray")).split("-v")[0]
         self.cacheable = config.get("evaluator") != "warmstart"
