@@ -49,8 +49,9 @@ class _Worker:
         torch.set_num_threads(threads)
         self.evaluator = build_evaluator(EnvConfig(**config))
 
-    def describe(self) -> tuple[dict[str, Any], list[ModuleInfo], dict[str, Any], str]:
-        return self.evaluator.identity(), self.evaluator.modules, self.evaluator.alpha_policy, self.evaluator.split
+    def describe(self) -> tuple[dict[str, Any], list[ModuleInfo], dict[str, Any], str, bool]:
+        e = self.evaluator
+        return e.identity(), e.modules, e.alpha_policy, e.split, e.cacheable
 
     def elastic_weights(self):
         self.evaluator.ensure_trained()
@@ -88,6 +89,9 @@ class RayEvaluator(Evaluator):
         ray = _ray()
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
+        if config.get("evaluator") in ("warmstart", "replay"):
+            raise ConfigError(f"the {config.get('evaluator')} evaluator cannot be shared by Ray workers (it depends on its own history "
+                              "or on the driver's store); use finetune, elastic, fake or surrogate")
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      **({} if address else {"num_cpus": max(workers * worker_cpus, 1)}))
@@ -96,9 +100,8 @@ class RayEvaluator(Evaluator):
                                             max_restarts=max_restarts, max_task_retries=max_restarts)
         tag = f"rankgym-{os.getpid()}-{time.time_ns()}"  # named, so that an operator (or a test) can find a worker
         self.actors = [actor.options(name=f"{tag}-worker-{i}").remote(config, worker_cpus) for i in range(workers)]
-        self._identity, self._modules, self.alpha_policy, self.split = ray.get(self.actors[0].describe.remote())
+        self._identity, self._modules, self.alpha_policy, self.split, self.cacheable = ray.get(self.actors[0].describe.remote())
         self.name = str(self._identity.get("evaluator", "ray")).split("-v")[0]
-        self.cacheable = config.get("evaluator") != "warmstart"
         if config.get("evaluator") == "elastic":  # train once, ship the weights through the object store
             weights, seconds = ray.get(self.actors[0].elastic_weights.remote())
             ref = ray.put(weights)
