@@ -96,10 +96,11 @@ class RayEvaluator(Evaluator):
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      **({} if address else {"num_cpus": max(workers * worker_cpus, 1)}))
         gpus = config.get("device", "auto") != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
-        actor = ray.remote(_Worker).options(num_cpus=0 if gpus else worker_cpus, num_gpus=1 if gpus else 0,
-                                            max_restarts=max_restarts, max_task_retries=max_restarts)
+        actor = ray.remote(_Worker)
+        options = dict(num_cpus=0 if gpus else worker_cpus, num_gpus=1 if gpus else 0, max_restarts=max_restarts,
+                       max_task_retries=max_restarts)
         tag = f"rankgym-{os.getpid()}-{time.time_ns()}"  # named, so that an operator (or a test) can find a worker
-        self.actors = [actor.options(name=f"{tag}-worker-{i}").remote(config, worker_cpus) for i in range(workers)]
+        self.actors = [actor.options(name=f"{tag}-worker-{i}", **options).remote(config, worker_cpus) for i in range(workers)]
         self._identity, self._modules, self.alpha_policy, self.split, self.cacheable = ray.get(self.actors[0].describe.remote())
         self.name = str(self._identity.get("evaluator", "ray")).split("-v")[0]
         if config.get("evaluator") == "elastic":  # train once, ship the weights through the object store

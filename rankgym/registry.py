@@ -201,6 +201,8 @@ def make_batched_episodes(num_envs: int, env_id: str = "RankSearch", on_evaluati
     """``num_envs`` environments on one evaluator; ``finetune`` becomes ``batched`` with k = num_envs."""
     from rankgym.envs.vector import BatchedEpisodes
 
+    if env_id in gym.registry:  # the id's own defaults (backbone, task, budget) under the caller's overrides
+        kwargs = {**{k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"}, **kwargs}
     config = EnvConfig.from_kwargs(kwargs, env_id)
     if config.evaluator == "finetune" and not config.ray_workers:  # on Ray each worker trains its own maps
         config.evaluator = "batched"

@@ -47,7 +47,7 @@ def test_sb3_vec_env_auto_resets_with_terminal_observation():
     venv.step(np.ones((2, 24), dtype=int))
     obs, rewards, dones, infos = venv.step(np.ones((2, 24), dtype=int))
     assert dones.tolist() == [True, True] and "terminal_observation" in infos[0] and infos[0]["TimeLimit.truncated"]
-    assert obs.shape == (2, 291)
+    assert obs.shape == (2, 24 * 14 + 3)
     assert [k for _, k in logged] == ["reset"] * 2 + ["step"] * 4 + ["reset"] * 2
 
 
@@ -61,3 +61,4 @@ def test_ppo_with_n_envs_logs_every_worker(tmp_path, sst2_dir):
     workers = {line.split(",")[11] for line in rows[1:]}
     assert workers == {"0", "1"}
     assert json.loads((run / "summary.json").read_text())["evaluations"] >= 8
+    assert all("transformer.h.0.attn.c_attn" in line for line in rows[1:])  # the id's own backbone, not the fake default
