@@ -148,6 +148,8 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 AUTO = BackboneSpec("auto", None, "auto", (), 0)  # where to load from; get_backbone("auto", path) reads the rest
+AUTO_NEEDS_PATH = ("backbone auto reads the model's family from its checkpoint: give --model-name-or-path "
+                   "(env kwarg model_name_or_path), a folder written by save_pretrained or a hub id")
 TINY_CONFIG = dict(n_layer=2, n_head=2, n_embd=64, n_positions=256)
 
 
@@ -171,8 +173,7 @@ def _auto_spec(model_name_or_path: str | None, patterns: tuple[str, ...]) -> Bac
     from transformers import AutoConfig
 
     if not model_name_or_path:
-        raise BackboneError("backbone auto reads the model's family from its checkpoint: give --model-name-or-path "
-                            "(env kwarg model_name_or_path), a folder written by save_pretrained or a hub id")
+        raise BackboneError(AUTO_NEEDS_PATH)
     source, local = resolve_source(AUTO, model_name_or_path)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
@@ -277,7 +278,7 @@ def load_backbone(
         raise BackboneError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     if name == "auto" and not model_name_or_path:
-        get_backbone(name)  # raises: auto needs the model
+        raise BackboneError(AUTO_NEEDS_PATH)
     spec = AUTO if name == "auto" else get_backbone(name)
     torch.manual_seed(seed)
     if spec.name == "tiny" and not model_name_or_path:

@@ -41,13 +41,13 @@ def _ray():
 class _Worker:
     """The evaluator of one actor, built from the environment's config where the actor runs."""
 
-    def __init__(self, config: dict[str, Any], threads: int) -> None:
+    def __init__(self, config: dict[str, Any], threads: int, index: int) -> None:
         import torch
 
         from rankgym.registry import EnvConfig, build_evaluator
 
         torch.set_num_threads(threads)
-        self.evaluator = build_evaluator(EnvConfig(**config))
+        self.evaluator, self.index = build_evaluator(EnvConfig(**config)), index
 
     def describe(self) -> tuple[dict[str, Any], list[ModuleInfo], dict[str, Any], str, bool]:
         e = self.evaluator
@@ -60,14 +60,15 @@ class _Worker:
     def load_elastic_weights(self, weights, training_seconds: float) -> None:
         self.evaluator.load_weights(weights, training_seconds)
 
-    def evaluate(self, rank_map: RankMap) -> tuple[Evaluation, float]:
+    def evaluate(self, rank_map: RankMap) -> tuple[Evaluation, float, int]:
+        """The evaluation, the seconds it took here, and which worker this is."""
         start = time.perf_counter()
         try:
             evaluation = self.evaluator.evaluate(rank_map)
         except Exception as err:  # NaN, out of memory: a failed evaluation, as in one process (a dead worker is Ray's to retry)
             evaluation = Evaluation(math.nan, self.evaluator.trainable_params(rank_map), time.perf_counter() - start,
                                     error=f"{type(err).__name__}: {err}")
-        return evaluation, time.perf_counter() - start
+        return evaluation, time.perf_counter() - start, self.index
 
 
 class RayEvaluator(Evaluator):
@@ -100,7 +101,7 @@ class RayEvaluator(Evaluator):
         options = dict(num_cpus=0 if gpus else worker_cpus, num_gpus=1 if gpus else 0, max_restarts=max_restarts,
                        max_task_retries=max_restarts)
         tag = f"rankgym-{os.getpid()}-{time.time_ns()}"  # named, so that an operator (or a test) can find a worker
-        self.actors = [actor.options(name=f"{tag}-worker-{i}", **options).remote(config, worker_cpus) for i in range(workers)]
+        self.actors = [actor.options(name=f"{tag}-worker-{i}", **options).remote(config, worker_cpus, i) for i in range(workers)]
         self._identity, self._modules, self.alpha_policy, self.split, self.cacheable = ray.get(self.actors[0].describe.remote())
         self.name = str(self._identity.get("evaluator", "ray")).split("-v")[0]
         if config.get("evaluator") == "elastic":  # train once, ship the weights through the object store
@@ -123,23 +124,14 @@ class RayEvaluator(Evaluator):
         return self.evaluate_many([rank_map])[0]
 
     def evaluate_many(self, rank_maps: list[RankMap]) -> list[Evaluation]:
-        """Every map on the first free actor; results in the order of ``rank_maps``."""
-        ray = _ray()
-        pending = {}
-        free = list(range(len(self.actors)))
-        results: list[Evaluation | None] = [None] * len(rank_maps)
-        queue = list(enumerate(rank_maps))
-        while queue or pending:
-            while queue and free:
-                i, rank_map = queue.pop(0)
-                w = free.pop(0)
-                pending[self.actors[w].evaluate.remote(rank_map)] = (i, w)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i, w = pending.pop(done[0])
-            results[i], seconds = ray.get(done[0])
-            self.per_worker[w] += 1
-            self.busy_seconds[w] += seconds
-            free.append(w)
+        """Every map on the next free actor; results in the order of ``rank_maps``."""
+        from ray.util import ActorPool
+
+        results = []
+        for evaluation, seconds, worker in ActorPool(self.actors).map(lambda actor, m: actor.evaluate.remote(m), rank_maps):
+            self.per_worker[worker] += 1
+            self.busy_seconds[worker] += seconds
+            results.append(evaluation)
         return results
 
     def utilisation(self) -> dict[str, Any]:

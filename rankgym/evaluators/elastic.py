@@ -68,6 +68,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.training_seconds: float | None = None  # what training the adapter cost (also when it was loaded)
         self.source: str | None = None  # "trained", "loaded" (from its file) or "shipped" (by a Ray pool)
+        self._frozen: dict[str, torch.Tensor] | None = None
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "evaluator": f"{self.name}-v{self.version}", "grid": self.grid, "sandwich": self.sandwich}
@@ -179,7 +180,9 @@ class ElasticEvaluator(FinetuneEvaluator):
         start = time.perf_counter()
         self.slice_to(rank_map)
         layers = lora_layers(self.model)
-        originals = {name: layer.base.weight.detach().clone() for name, layer in layers.items()}
+        if self._frozen is None:  # the frozen weights never change: one copy to restore from after every merge
+            self._frozen = {name: layer.base.weight.detach().clone() for name, layer in layers.items()}
+        originals = self._frozen
         try:
             for layer in layers.values():
                 layer.merge()
