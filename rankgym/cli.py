@@ -233,8 +233,9 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                    f"{table['metric']} on the validation split):")
         for row in table["rows"]:
             mark = "winner" if row["label"] == table["winner"] else ""
+            searched = f"search {row['search_metric']:.4f}" if row["search_metric"] is not None else "not searched"
             click.echo(f"  {row['label']:28s} {row['mean']:.4f} ± {row['std']:.4f} | {row['params']:>9,} adapter parameters "
-                       f"| search {row['search_metric'] if row['search_metric'] is not None else float('nan'):.4f}  {mark}")
+                       f"| {searched}  {mark}")
     elif summary.get("initial_metric") is not None:
         rank = summary.get("initial_uniform_rank")
         name = f"uniform rank {rank}" if rank is not None else "initial map"
