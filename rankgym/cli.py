@@ -357,12 +357,13 @@ def bench(backbone, random_init, device, train_examples, val_examples, batch_siz
 def surrogate(store, out, backbone, task, evaluator) -> None:
     """Fit a surrogate to the evaluations of STORE: write its table and print its held-out error."""
     from rankgym.evaluators.surrogate import main_table
+    from rankgym.registry import SURROGATE_ID
 
     with user_errors():
         error = main_table(store, out, backbone=backbone, task=task, evaluator=evaluator)
     click.echo(f"wrote {out}: {error['maps']} evaluations; held out (5-fold, grouped by map): mean absolute error "
                f"{error['mae']:.4f} (metric std {error['spread']:.4f}), Kendall's tau {error['kendall_tau']:.3f}")
-    click.echo(f"use it: gym.make('{'RankSearch-minilm-sst2-surrogate-v0'}', surrogate_table={out!r})")
+    click.echo(f"use it: gym.make({SURROGATE_ID!r}, surrogate_table={out!r})")
 
 
 @main.command()

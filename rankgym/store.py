@@ -149,6 +149,19 @@ class EvaluationStore:
             return evaluation
         return self.get(context, rank_map, failures=False, state_key=state_key)  # another process's result came first
 
+    def find_context(self, purpose: str, backbone: str | None = None, task: str | None = None,
+                     evaluator: str | None = None) -> tuple[str, dict[str, Any], list[ModuleInfo]]:
+        """The one recorded context with this backbone, task and evaluator (None: any); else an error
+        listing what the store holds. ``purpose`` names what needs it, for the message."""
+        found = [(c, ident, mods) for c, ident, mods in self.contexts()
+                 if (backbone is None or ident.get("backbone") == backbone) and (task is None or ident.get("task") == task)
+                 and (evaluator is None or str(ident.get("evaluator", "")).startswith(evaluator))]
+        if len(found) != 1:
+            described = ", ".join(f"{i.get('backbone')}/{i.get('task')}/{i.get('evaluator')}" for _, i, _ in self.contexts())
+            raise FileError(f"{purpose} needs exactly one recorded context in {self.path}, found {len(found)} "
+                            f"({described or 'none'}); pick one by backbone, task and evaluator")
+        return found[0]
+
     def contexts(self) -> list[tuple[str, dict[str, Any], list[ModuleInfo]]]:
         rows = self.db.execute("SELECT context, identity, modules FROM contexts").fetchall()
         return [

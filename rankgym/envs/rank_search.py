@@ -194,16 +194,31 @@ class RankSearchEnv(gym.Env):
         return stored if self.evaluator.cacheable else evaluation
 
     def _evaluate(self, rank_map: RankMap) -> Evaluation:
-        """Answer from the store when possible; otherwise evaluate and write at once. Never raises."""
-        found = self.lookup(rank_map)
-        if found is not None:
-            return found
+        return self.evaluate_all([rank_map])[0]
+
+    def evaluate_all(self, maps: Sequence[RankMap]) -> list[Evaluation]:
+        """Store hits first; the remaining distinct maps in one ``evaluate_many`` call where the
+        evaluator has one (batched, Ray), else one by one; each written to the store at once.
+        Never raises: an expected failure (NaN, OOM, a raising evaluator) must not kill a search."""
+        found = [self.lookup(m) for m in maps]
+        todo = list({m.key(): m for m, f in zip(maps, found) if f is None}.values())
+        if todo and hasattr(self.evaluator, "evaluate_many"):
+            start = time.perf_counter()
+            try:
+                evaluations = self.evaluator.evaluate_many(todo)
+            except Exception as err:
+                evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), time.perf_counter() - start) for m in todo]
+        else:
+            evaluations = [self._compute(m) for m in todo]
+        fresh = {m.key(): self.remember(m, e) for m, e in zip(todo, evaluations)}
+        return [f if f is not None else fresh[m.key()] for f, m in zip(found, maps)]
+
+    def _compute(self, rank_map: RankMap) -> Evaluation:
         start = time.perf_counter()
         try:
-            evaluation = self.evaluator.evaluate(rank_map)
-        except Exception as err:  # an expected failure (NaN, OOM, a raising evaluator) must not kill a search
-            evaluation = failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
-        return self.remember(rank_map, evaluation)
+            return self.evaluator.evaluate(rank_map)
+        except Exception as err:
+            return failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
 
     def _observe(self) -> np.ndarray:
         rel = (self.ranks / self.max_rank)[:, None].astype(np.float32)
@@ -241,33 +256,20 @@ class RankSearchEnv(gym.Env):
         return self.evaluate_maps([rank_map])[0]
 
     def evaluate_maps(self, rank_maps: Sequence[RankMap | dict[str, int]]) -> list[dict[str, Any]]:
-        """:meth:`evaluate_map` for several maps at once: the store's misses go to the evaluator in
-        one ``evaluate_many`` call where it has one (a batched or Ray evaluator), and the infos come
-        back in order, exactly as one by one."""
+        """:meth:`evaluate_map` for several maps at once (:meth:`evaluate_all`: a Ray pool evaluates
+        them side by side); the infos come back in order."""
         projected, maps = [], []
         for rank_map in rank_maps:
             ranks = rank_map.ranks if isinstance(rank_map, RankMap) else rank_map
             values, moved = self.within_budget(np.array([int(ranks.get(n, 0)) for n in self.names], dtype=np.int64))
             projected.append(moved)
             maps.append(self.template.replace({n: int(r) for n, r in zip(self.names, values)}))
-        found = [self.lookup(m) for m in maps]
-        todo = list({m.key(): m for m, f in zip(maps, found) if f is None}.values())
-        fresh: dict[str, Evaluation] = {}
-        if len(todo) > 1 and hasattr(self.evaluator, "evaluate_many"):
-            start = time.perf_counter()
-            try:
-                evaluations = self.evaluator.evaluate_many(todo)
-            except Exception as err:  # as one by one: a failed evaluation is a penalty, not a crash
-                evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), time.perf_counter() - start) for m in todo]
-            fresh = {m.key(): self.remember(m, e) for m, e in zip(todo, evaluations)}
-        infos, self.last_evaluations = [], []
-        for rank_map, evaluation, moved in zip(maps, found, projected):
-            evaluation = evaluation or fresh.get(rank_map.key()) or self._evaluate(rank_map)
+        infos, self.last_evaluations = [], self.evaluate_all(maps)  # their cache_hit, map by map
+        for rank_map, evaluation, moved in zip(maps, self.last_evaluations, projected):
             self.projected = moved
             info = self._record(rank_map, evaluation)
             info["reward"] = info["score"] if evaluation.ok else self.failure_penalty
             infos.append(info)
-            self.last_evaluations.append(evaluation)  # their cache_hit, map by map
         return infos
 
     # -- Gymnasium API ---------------------------------------------------------------------------

@@ -9,14 +9,13 @@ backward), and finishing every step. Two thin adapters expose it: a Gymnasium ``
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from rankgym.envs.rank_search import RankSearchEnv, failed_evaluation
+from rankgym.envs.rank_search import RankSearchEnv
 from rankgym.evaluators.base import Evaluation
 from rankgym.rankmap import RankMap
 
@@ -37,24 +36,8 @@ class BatchedEpisodes:
         self.on_evaluation = on_evaluation
 
     def evaluate(self, maps: list[RankMap]) -> list[Evaluation]:
-        """Store hits first; the remaining distinct maps in one batched call (or one by one)."""
-        results: list[Evaluation | None] = [self.envs[0].lookup(m) for m in maps]  # one store for all
-        todo = {m.key(): m for m, r in zip(maps, results) if r is None}
-        fresh: dict[str, Evaluation] = {}
-        if todo:
-            pending = list(todo.values())
-            start = time.perf_counter()
-            try:
-                if hasattr(self.evaluator, "evaluate_many"):
-                    evaluations = self.evaluator.evaluate_many(pending)
-                else:
-                    evaluations = [self.evaluator.evaluate(m) for m in pending]
-            except Exception as err:  # as in a single env: a failed evaluation is a penalty, not a crash
-                seconds = time.perf_counter() - start
-                evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), seconds) for m in pending]
-            for m, e in zip(pending, evaluations):
-                fresh[m.key()] = self.envs[0].remember(m, e)
-        return [r if r is not None else fresh[m.key()] for r, m in zip(results, maps)]
+        """Store hits first; the remaining distinct maps in one batched call (one store for all)."""
+        return self.envs[0].evaluate_all(maps)
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
         maps = [env.start_episode(None if seed is None else seed + i) for i, env in enumerate(self.envs)]

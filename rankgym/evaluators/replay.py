@@ -27,18 +27,7 @@ class ReplayEvaluator(Evaluator):
 
     def __init__(self, store: str | EvaluationStore, backbone: str | None = None, task: str | None = None) -> None:
         self.store = store if isinstance(store, EvaluationStore) else EvaluationStore(store)
-        found = [
-            (c, ident, mods)
-            for c, ident, mods in self.store.contexts()
-            if (backbone is None or ident.get("backbone") == backbone) and (task is None or ident.get("task") == task)
-        ]
-        if len(found) != 1:
-            described = ", ".join(f"{i.get('backbone')}/{i.get('task')}/{i.get('evaluator')}" for _, i, _ in self.store.contexts())
-            raise RankgymError(
-                f"replay needs exactly one recorded context in {self.store.path}, found {len(found)} "
-                f"({described or 'none'}); pick one with backbone= and task="
-            )
-        self.context, self._identity, self._modules = found[0]
+        self.context, self._identity, self._modules = self.store.find_context("replay", backbone, task)
         self.alpha_policy = self._identity.get("alpha_policy", Evaluator.alpha_policy)
         self.split = self._identity.get("scored_on", "validation")  # stores before v2 scored on validation
 

@@ -37,12 +37,7 @@ def build_table(store_path: str | Path, backbone: str | None = None, task: str |
     from rankgym.store import EvaluationStore
 
     store = EvaluationStore(store_path)
-    found = [(c, ident, mods) for c, ident, mods in store.contexts()
-             if (backbone is None or ident.get("backbone") == backbone) and (task is None or ident.get("task") == task)
-             and (evaluator is None or str(ident.get("evaluator", "")).startswith(evaluator))]
-    if len(found) != 1:
-        raise ConfigError(f"{store_path} holds {len(found)} matching contexts; pick one with backbone, task and evaluator")
-    context, identity, modules = found[0]
+    context, identity, modules = store.find_context("a surrogate table", backbone, task, evaluator)
     names = [m.name for m in modules]
     rows = [{"ranks": [int(r["rank_map"]["ranks"].get(n, 0)) for n in names], "metric": r["metric"], "seconds": round(r["seconds"], 3)}
             for r in store.evaluations(context) if r["metric"] is not None and math.isfinite(r["metric"])]
