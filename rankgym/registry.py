@@ -1,4 +1,4 @@
-"""The environment ids: ``RankSearch-{backbone}-{task}-v0`` and ``RankSearch-fake-v0``.
+"""The environment ids: ``RankSearch-{backbone}-{task}-v0``, the fake ones and the surrogate.
 
 Registration is cheap (entry points are strings) and idempotent. Every kwarg below can be
 overridden at ``gym.make``; unknown or bad ones fail at construction with a clear message.
@@ -34,8 +34,8 @@ class EnvConfig:
     ``max_grad_norm``, ``val_examples``, ``warm_examples``), the alpha policy (``alpha``,
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
     training file), ``elastic_examples`` and ``sandwich`` for the elastic evaluator (its one
-    training run, at the full recipe's learning rate; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers`` and
-    ``fake_noise`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
+    training run, at the full recipe's learning rate; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
+    ``fake_hidden``, ``fake_profile`` (separable or calibrated), ``fake_noise`` and ``fake_collapse`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
     shipped MiniLM x SST-2 table), ``target_modules`` (PEFT-style names or regexes to
     adapt) and ``dtype`` (the frozen base's: fp32, bf16, fp16). ``RankSearch-auto-{task}-v0`` adapts
     the model at ``model_name_or_path``, its family read from its config.
@@ -67,7 +67,10 @@ class EnvConfig:
     ray_address: str | None = None  # "auto" joins a running cluster; None starts a local one
     worker_cpus: int = 1
     fake_layers: int = 4
-    fake_noise: float = 0.0
+    fake_hidden: int = 256
+    fake_profile: str = "separable"
+    fake_noise: float | None = None  # None: the profile's
+    fake_collapse: float | None = None
     lam: float | None = None  # 0.5, or 0 with a param_budget
     param_budget: float | None = None
     rank_step: int = 2
@@ -100,6 +103,8 @@ class EnvConfig:
             raise ConfigError(f"lr must be > 0, got {config.lr}")
         if config.alpha_mode not in ("fixed", "ratio"):
             raise ConfigError(f"alpha_mode must be 'fixed' (scale alpha / r) or 'ratio' (scale alpha at every rank), got {config.alpha_mode!r}")
+        if config.fake_profile not in ("separable", "calibrated"):
+            raise ConfigError(f"fake_profile must be 'separable' or 'calibrated' (fitted to real MiniLM x SST-2 scores), got {config.fake_profile!r}")
         if not isinstance(config.rslora, bool):
             raise ConfigError(f"rslora must be True or False, got {config.rslora!r}")
         return config
@@ -117,12 +122,14 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
     "auto": dict(train_examples=1024, max_rank=16, initial_rank=8, max_episode_steps=16),
 }
 FAKE_ID = "RankSearch-fake-v0"
+CALIBRATED_ID = "RankSearch-fake-calibrated-v0"  # MiniLM's shape, fitted to real MiniLM x SST-2 scores
 SURROGATE_ID = "RankSearch-minilm-sst2-surrogate-v0"  # the shipped table: real MiniLM x SST-2 elastic scores
 
 
 def env_ids() -> dict[str, dict[str, Any]]:
     """Every registered id with its default kwargs."""
     ids = {FAKE_ID: dict(backbone="fake", task="fake", evaluator="fake"),
+           CALIBRATED_ID: dict(backbone="fake", task="fake", evaluator="fake", fake_profile="calibrated", fake_layers=6, fake_hidden=384),
            SURROGATE_ID: dict(backbone="minilm", task="sst2", evaluator="surrogate", max_rank=16, initial_rank=8, max_episode_steps=16)}
     for backbone in (*BACKBONES, "auto"):
         for task in TASKS:
@@ -155,7 +162,8 @@ def build_evaluator(config: EnvConfig, k: int = 1):
     if config.evaluator == "fake":
         from rankgym.evaluators.fake import FakeEvaluator
 
-        return FakeEvaluator(layers=config.fake_layers, seed=config.seed, noise=config.fake_noise)
+        return FakeEvaluator(layers=config.fake_layers, hidden=config.fake_hidden, seed=config.seed, profile=config.fake_profile,
+                             noise=config.fake_noise, collapse=config.fake_collapse)
     if config.evaluator == "surrogate":
         from rankgym.evaluators.surrogate import SurrogateEvaluator
 
