@@ -4,7 +4,8 @@
 
 Families (rankgym.strategies): ``uniform`` (ranks 2, 4, 8, 16), ``presets`` (the article's
 low / medium / high per module kind), ``spectral`` (80 / 90 / 95 % singular-value mass of each
-frozen weight, scaled to the parameter budget of the uniform map at the env's initial rank).
+frozen weight, scaled to the parameter budget of the uniform map at the env's initial rank),
+``prilora`` (ranks rising linearly with depth, at the cost of uniform 2, 4, 8 and 16).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rankgym.strategies import baseline_maps
 
 @dataclass
 class Args(SearchArgs):
-    family: str = "uniform"  # uniform, presets or spectral
+    family: str = "uniform"  # uniform, presets, spectral or prilora
     budget: int = 16  # at most this many maps (each family has 3 or 4)
 
 

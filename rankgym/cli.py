@@ -119,7 +119,7 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         click.echo(json.dumps(summary))
 
 
-AGENTS = ("ppo", "random", "tpe", "uniform", "presets", "spectral")
+AGENTS = ("ppo", "ppo-modules", "random", "tpe", "uniform", "presets", "spectral", "prilora")
 
 
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
@@ -132,6 +132,15 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
         from rankgym.agents import ppo
 
         return ppo.run(ppo.Args(**common, n_envs=n_envs, devices=list(devices), hyperparams=hyperparams))
+    if agent == "ppo-modules":
+        from dataclasses import fields
+
+        from rankgym.agents import ppo_modules
+
+        known = {f.name for f in fields(ppo_modules.Args)} - set(common) - {"pretrain", "pretrain_steps"}
+        if unknown := sorted(set(hyperparams) - known):
+            fail(f"unknown --set {', '.join(unknown)} for ppo-modules; it takes {', '.join(sorted(known))}")
+        return ppo_modules.run(ppo_modules.Args(**common, **hyperparams))
     if agent == "random":
         from rankgym.agents import random_search
 

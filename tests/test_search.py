@@ -169,7 +169,8 @@ def test_report_compares_runs_and_analyze_writes_spectral_ranks(tmp_path):
 def test_envs_lists_every_id():
     result = CliRunner().invoke(main, ["envs"])
     assert result.exit_code == 0
-    for env_id in ("RankSearch-gpt2-sst2-v0", "RankSearch-minilm-sst2-v0", "RankSearch-tiny-sst2-v0", "RankSearch-fake-v0"):
+    for env_id in ("RankSearch-gpt2-sst2-v0", "RankSearch-minilm-sst2-v0", "RankSearch-tiny-sst2-v0", "RankSearch-fake-v0",
+                   "RankSearch-fake-calibrated-v0", "RankSearch-minilm-sst2-surrogate-v0"):
         assert env_id in result.output
 
 
@@ -189,3 +190,13 @@ def test_a_resume_that_diverges_from_the_log_stops_naming_the_step(tmp_path):
     assert branched.exit_code == 0, branched.output
     rows = steps(run)
     assert [r["metric"] for r in rows] == computed and [int(r["step"]) for r in rows[:2]] == [1, 2]
+
+
+def test_prilora_rises_linearly_with_depth_at_uniform_cost():
+    modules = [ModuleInfo(f"layer.{layer}.{k}", k, layer, 64, 64) for layer in range(5) for k in ("query", "value")]
+    from rankgym.strategies import prilora_ranks
+
+    ranks = prilora_ranks(modules, 8)
+    assert ranks[::2] == [4, 6, 8, 10, 12]  # PRILoRA's 4 -> 12 for a mean of 8, by hand
+    assert ranks[::2] == ranks[1::2]
+    assert adapter_params(modules, ranks) == adapter_params(modules, [8] * 10)

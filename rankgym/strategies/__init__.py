@@ -4,6 +4,6 @@ They all speak :class:`~rankgym.evaluators.base.ModuleInfo`, so they work on any
 environment knows, fake included.
 """
 
-from rankgym.strategies.baselines import PRESETS, baseline_maps, preset_ranks, spectral_ranks, uniform_ranks
+from rankgym.strategies.baselines import PRESETS, baseline_maps, preset_ranks, prilora_ranks, spectral_ranks, uniform_ranks
 
-__all__ = ["PRESETS", "baseline_maps", "preset_ranks", "spectral_ranks", "uniform_ranks"]
+__all__ = ["PRESETS", "baseline_maps", "preset_ranks", "prilora_ranks", "spectral_ranks", "uniform_ranks"]

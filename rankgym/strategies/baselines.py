@@ -1,4 +1,4 @@
-"""The obvious alternatives a search must beat: uniform ranks, the article's presets, the spectral rule."""
+"""The obvious alternatives a search must beat: uniform ranks, the article's presets, the spectral rule, PRILoRA."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def preset_ranks(modules: Sequence[ModuleInfo], level: str) -> list[int]:
     return ranks
 
 
+def prilora_ranks(modules: Sequence[ModuleInfo], mean_rank: int) -> list[int]:
+    """PRILoRA's schedule (Benedek and Wolf, 2024): ranks rising linearly with depth, from half of
+    ``mean_rank`` in the first block to 1.5 times it in the last (their 4 -> 12 for a mean of 8),
+    every module of a block alike; the map costs about what uniform ``mean_rank`` costs."""
+    deepest = max(1, max(m.layer for m in modules))
+    return [min(_limit(m), max(1, round(mean_rank * (0.5 + m.layer / deepest)))) for m in modules]
+
+
 def spectral_ranks(modules: Sequence[ModuleInfo], fraction: float, budget_params: int | None = None) -> list[int]:
     """The article's spectral rule, scaled to a parameter budget.
 
@@ -62,11 +70,13 @@ def spectral_ranks(modules: Sequence[ModuleInfo], fraction: float, budget_params
 
 def baseline_maps(modules: Sequence[ModuleInfo], kinds: str = "uniform", budget_params: int | None = None,
                   uniform: Sequence[int] = (2, 4, 8, 16)) -> list[tuple[str, list[int]]]:
-    """Named rank lists for one family of baselines: ``uniform``, ``presets`` or ``spectral``."""
+    """Named rank lists for one family of baselines: ``uniform``, ``presets``, ``spectral`` or ``prilora``."""
     if kinds == "uniform":
         return [(f"uniform-{r}", uniform_ranks(modules, r)) for r in uniform]
     if kinds == "presets":
         return [(f"preset-{level}", preset_ranks(modules, level)) for level in PRESETS]
+    if kinds == "prilora":
+        return [(f"prilora-{r}", prilora_ranks(modules, r)) for r in uniform]
     if kinds == "spectral":
         return [(f"spectral-{round(f * 100)}", spectral_ranks(modules, f, budget_params)) for f in (0.8, 0.9, 0.95)]
-    raise ValueError(f"unknown baseline family {kinds!r}: uniform, presets or spectral")
+    raise ValueError(f"unknown baseline family {kinds!r}: uniform, presets, spectral or prilora")

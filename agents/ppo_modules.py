@@ -1,0 +1,153 @@
+"""PPO over AMC-style episodes, starting from a policy pretrained on many fake environments.
+
+    rankgym search RankSearch-minilm-sst2-v0 --agent ppo-modules --budget 128 --param-budget 0.4
+    python agents/ppo_modules.py --env-id RankSearch-fake-calibrated-v0 --budget 128 --env param_budget=0.4
+    python agents/ppo_modules.py --pretrain rankgym/data/ppo-modules.zip      # regenerate the shipped policy
+
+An episode walks the modules once and chooses each one's rank from that module's features and
+the budget spent so far (:class:`~rankgym.envs.allocation.RankAllocationEnv`); the finished map
+is one evaluation, so ``--budget`` counts maps, as for random search and TPE. The observation
+never sees the whole model, so one policy acts on any backbone, whatever its module count.
+
+The shipped policy (``rankgym/data/ppo-modules.zip``) was trained by :func:`pretrain` on calibrated
+and separable fake environments of 2-8 blocks, widths 128-384, budgets of 10-70 % and seeds from
+100 on: never the benchmark's seeds (0-9, 1000-1009) nor its unseen size (10 blocks, width 512).
+A search evaluates the policy's most likely map first, then keeps learning on the target
+(``--pretrained none`` starts from a random policy instead).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import rankgym
+from rankgym.errors import ConfigError
+from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli
+
+SHIPPED = Path(rankgym.__file__).parent / "data" / "ppo-modules.zip"
+
+
+@dataclass
+class Args(SearchArgs):
+    pretrained: str = "shipped"  # "shipped", "none" (a fresh policy) or a path to an SB3 PPO zip
+    episodes_per_update: int = 4  # PPO update every this many evaluations
+    learning_rate: float = 3e-4  # of the fine-tuning on the target
+    ent_coef: float = 0.01
+    pretrain: str | None = None  # write a pretrained policy to this path instead of searching
+    pretrain_steps: int = 600_000  # module choices (episode steps) of pretraining
+
+    def config(self) -> dict[str, Any]:
+        tuned = ("pretrained", "episodes_per_update", "learning_rate", "ent_coef")
+        return {**super().config(), "hyperparams": {k: getattr(self, k) for k in tuned}}
+
+
+def _ppo(env, args: Args, n_steps: int, learning_rate: float, seed: int):
+    from stable_baselines3 import PPO
+
+    return PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, n_steps=n_steps, batch_size=min(64, n_steps * env.num_envs),
+               n_epochs=10, learning_rate=learning_rate, gamma=1.0, gae_lambda=1.0, ent_coef=args.ent_coef,
+               policy_kwargs={"net_arch": [64, 64]})
+
+
+def run(args: Args) -> dict[str, Any]:
+    if args.pretrain:
+        return pretrain(args)
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rankgym.envs.allocation import RankAllocationEnv
+
+    started = time.time()
+    run_dir, env, log, progress = open_search(args, "ppo-modules")
+    done = []  # evaluations of this process (a resumed run replays the logged ones through the store)
+
+    def evaluate(ranks: list[int]) -> dict[str, Any]:
+        done.append(1)
+        return evaluate_ranks(env, log, progress, ranks)
+
+    alloc = RankAllocationEnv(env, evaluate=evaluate)
+    venv = DummyVecEnv([lambda: alloc])
+    torch.manual_seed(args.seed)
+    n_steps = args.episodes_per_update * alloc.n_modules
+    if args.pretrained == "none":
+        model = _ppo(venv, args, n_steps, args.learning_rate, args.seed)
+    else:
+        path = SHIPPED if args.pretrained == "shipped" else Path(args.pretrained)
+        if not path.is_file():
+            raise ConfigError(f"no pretrained policy at {path}; pass --pretrained PATH, or --pretrained none to start from scratch")
+        model = PPO.load(str(path), env=venv, device="cpu", seed=args.seed,
+                         custom_objects={"n_steps": n_steps, "batch_size": min(64, n_steps), "learning_rate": args.learning_rate,
+                                         "ent_coef": args.ent_coef})
+        model._setup_lr_schedule()
+        model.rollout_buffer = model.rollout_buffer_class(n_steps, venv.observation_space, venv.action_space, device="cpu",
+                                                          gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=1)
+        # the policy's most likely map first: what it learned, before any exploration
+        obs, finished = alloc.reset(seed=args.seed)[0], False
+        while not finished:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, _, finished, _, _ = alloc.step(int(action))
+
+    class Budget(BaseCallback):
+        """Stop once the search has spent its evaluations (episodes end exactly at a multiple of the module count)."""
+
+        def _on_step(self) -> bool:
+            return len(done) < args.budget
+
+    if len(done) < args.budget:
+        model.learn(total_timesteps=(args.budget - len(done)) * alloc.n_modules, callback=Budget())
+    model.save(str(run_dir.path / "ppo_modules_final"))
+    return finish_search(run_dir, env, started, progress, args)
+
+
+def pretraining_env(seed: int):
+    """A fresh fake environment per episode: profile, size, width, budget and seed drawn from ``seed``'s generator."""
+    import gymnasium as gym
+
+    from rankgym.envs.allocation import RankAllocationEnv
+
+    class Randomised(gym.Env):
+        def __init__(self) -> None:
+            self.rng = np.random.default_rng(seed)
+            self.env = self._draw()
+            self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
+
+        def _draw(self) -> RankAllocationEnv:
+            profile = "calibrated" if self.rng.random() < 0.8 else "separable"
+            kwargs = dict(fake_profile=profile, fake_layers=int(self.rng.choice([2, 3, 4, 6, 8])),
+                          fake_hidden=int(self.rng.choice([128, 256, 384])), seed=int(self.rng.integers(100, 10**6)),
+                          param_budget=float(self.rng.uniform(0.1, 0.7)))
+            return RankAllocationEnv(gym.make("RankSearch-fake-v0", **kwargs).unwrapped)
+
+        def reset(self, *, seed=None, options=None):
+            self.env = self._draw()
+            return self.env.reset()
+
+        def step(self, action):
+            return self.env.step(action)
+
+    return Randomised
+
+
+def pretrain(args: Args) -> dict[str, Any]:
+    """Train a policy on many fake environments and save it to ``args.pretrain``."""
+    import torch
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    torch.manual_seed(args.seed)
+    started = time.time()
+    venv = DummyVecEnv([pretraining_env(args.seed * 100 + i) for i in range(8)])
+    model = _ppo(venv, args, n_steps=256, learning_rate=3e-4, seed=args.seed)
+    model.learn(total_timesteps=args.pretrain_steps, progress_bar=True)
+    model.save(args.pretrain)
+    return {"policy": args.pretrain, "steps": args.pretrain_steps, "seconds": round(time.time() - started, 1)}
+
+
+if __name__ == "__main__":
+    print(run(parse_cli(Args, __doc__)))

@@ -1,0 +1,88 @@
+"""AMC-style episodes and the PPO agent on them: one evaluation per episode, a policy that acts on any module count."""
+
+import csv
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import rankgym  # noqa: F401
+from rankgym.agents import ppo_modules
+from rankgym.cli import main
+from rankgym.envs.allocation import RankAllocationEnv
+from rankgym.evaluators.base import adapter_params
+
+
+def test_an_episode_sets_each_module_once_and_scores_the_map_once():
+    search = gym.make("RankSearch-fake-calibrated-v0", param_budget=0.4, seed=2).unwrapped
+    env = RankAllocationEnv(search)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == env.observation_space.shape and env.observation_space.contains(obs)
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, env.action_space.n, size=env.n_modules)
+    rewards = []
+    for i, a in enumerate(actions):
+        obs, reward, terminated, truncated, info = env.step(int(a))
+        rewards.append(reward)
+        assert terminated == (i == env.n_modules - 1) and not truncated
+        assert env.observation_space.contains(obs)
+    assert rewards[:-1] == [0.0] * (env.n_modules - 1) and search.evaluations == 1
+    chosen = [int(env.choices[a]) for a in actions]
+    ranks = [info["rank_map"][n] for n in search.names]
+    assert adapter_params(search.modules, ranks) <= search.budget  # projected onto the budget, like every agent's map
+    if adapter_params(search.modules, chosen) <= search.budget:
+        assert ranks == chosen
+    assert rewards[-1] == info["reward"] == info["metric"]  # param_budget: the reward is the metric
+
+
+def test_the_shipped_policy_acts_on_envs_of_any_module_count(sst2_dir):
+    from stable_baselines3 import PPO
+
+    policy = PPO.load(str(ppo_modules.SHIPPED), device="cpu")
+    searches = [gym.make("RankSearch-fake-calibrated-v0", fake_layers=layers, param_budget=0.3).unwrapped for layers in (1, 10)]
+    searches += [gym.make("RankSearch-fake-v0", fake_layers=3).unwrapped,  # 18 modules, no budget: lam = 0.5
+                 gym.make("RankSearch-tiny-sst2-v0", train_examples=32, val_examples=32, device="cpu").unwrapped]  # a real model
+    for search in searches:
+        env = RankAllocationEnv(search)
+        obs, done = env.reset()[0], False
+        while not done:
+            action, _ = policy.predict(obs, deterministic=True)
+            obs, _, done, _, info = env.step(int(action))
+        assert len(info["rank_map"]) == len(search.modules) and info["error"] is None
+
+
+def test_search_spends_its_budget_in_maps_and_resume_repeats_nothing(tmp_path):
+    run = tmp_path / "run"
+    args = ["search", "RankSearch-fake-calibrated-v0", "--agent", "ppo-modules", "--budget", "12", "--seed", "1", "--out", str(run),
+            "--param-budget", "0.4", "--no-report"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((run / "steps.csv").open()))
+    assert len(rows) == 12 and all(r["kind"] == "map" for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_reward"] == pytest.approx(max(float(r["score"]) for r in rows))
+    result = CliRunner().invoke(main, ["search", "--resume", str(run), "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert list(csv.DictReader((run / "steps.csv").open())) == rows
+
+
+def test_the_first_map_is_the_pretrained_policys_most_likely_one(tmp_path):
+    from stable_baselines3 import PPO
+
+    summary = ppo_modules.run(ppo_modules.Args(env_id="RankSearch-fake-calibrated-v0", budget=1, seed=0, out=str(tmp_path / "r"),
+                                               env_kwargs={"param_budget": 0.4}, promote=0))
+    search = gym.make("RankSearch-fake-calibrated-v0", param_budget=0.4).unwrapped
+    env, policy = RankAllocationEnv(search), PPO.load(str(ppo_modules.SHIPPED), device="cpu")
+    obs, done = env.reset()[0], False
+    while not done:
+        obs, _, done, _, info = env.step(int(policy.predict(obs, deterministic=True)[0]))
+    assert summary["evaluations"] == 1 and summary["best_metric"] == info["metric"]
+
+
+def test_a_missing_policy_file_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "ppo-modules", "--budget", "2", "--out", str(tmp_path / "r"),
+                                       "--set", f"pretrained={tmp_path / 'nope.zip'}"])
+    assert result.exit_code == 2 and "no pretrained policy at" in result.output
