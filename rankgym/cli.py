@@ -119,7 +119,7 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         click.echo(json.dumps(summary))
 
 
-AGENTS = ("ppo", "ppo-modules", "random", "tpe", "uniform", "presets", "spectral", "prilora")
+AGENTS = ("ppo", "ppo-modules", "random", "tpe", "uniform", "presets", "spectral", "prilora", "adalora", "eva")
 
 
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
@@ -141,6 +141,11 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
         if unknown := sorted(set(hyperparams) - known):
             fail(f"unknown --set {', '.join(unknown)} for ppo-modules; it takes {', '.join(sorted(known))}")
         return ppo_modules.run(ppo_modules.Args(**common, **hyperparams))
+    if agent in ("adalora", "eva"):
+        import importlib
+
+        module = importlib.import_module(f"rankgym.agents.{agent}")
+        return module.run(module.Args(**common))
     if agent == "random":
         from rankgym.agents import random_search
 

@@ -13,7 +13,7 @@ import json
 import math
 import sqlite3
 import time
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from rankgym.errors import ConfigError, FileError
 from rankgym.files import read_json, require
 from rankgym.promotion import Promotion, promote, promoted_map
 from rankgym.rankmap import RankMap
+from rankgym.recipe import Recipe
 
 STEPS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -288,6 +289,28 @@ def evaluate_batch(env, log: StepLog, progress: Progress, batch, labels: list[st
         log.record("map", info, info["reward"], label, evaluation.cache_hit)
         progress("map", info, info["reward"])
     return infos
+
+
+def strategy_budget(env) -> int:
+    """The parameter budget a one-shot strategy aims at: the env's ``param_budget``, else the uniform map it starts from."""
+    from rankgym.evaluators.base import adapter_params
+
+    return env.budget if env.budget is not None else adapter_params(env.modules, env.initial)
+
+
+def task_model(args: "SearchArgs", agent: str, recipe: Recipe):
+    """A fresh model of the search's backbone with the task's data (a finetune evaluator whose
+    ``model`` has no adapters yet, ``train_set`` of ``recipe.train_examples`` from the training pool,
+    ``val_set`` the score split): what a strategy that trains or probes a real model works on."""
+    from rankgym.registry import EnvConfig, build_evaluator
+
+    kwargs = {**(gym.spec(args.env_id).kwargs or {}), **args.env_kwargs}
+    kwargs.pop("env_id", None)
+    config = EnvConfig.from_kwargs(kwargs, args.env_id)
+    if config.evaluator in ("fake", "surrogate", "replay"):
+        raise ConfigError(f"the {agent} strategy works on a real model; {args.env_id} with the {config.evaluator} evaluator has none")
+    config = replace(config, evaluator="finetune", store=None, ray_workers=0, train_examples=recipe.train_examples, lr=recipe.lr)
+    return build_evaluator(config)
 
 
 def finish_search(run_dir: RunDir, env, started: float, progress: Progress, args: "SearchArgs") -> dict[str, Any]:

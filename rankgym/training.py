@@ -183,6 +183,7 @@ def finetune(
     progress: bool = False,
     description: str = "finetune",
     before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
     """Train the model's trainable parameters with AdamW for ``recipe``'s budget, then validate.
 
@@ -190,7 +191,8 @@ def finetune(
     trained as they are (call :func:`init_adapters` first for a fresh start).
     Raises :class:`TrainingDiverged` on a NaN or infinite loss.
     """
-    result = finetune_copies(model, train, validation, pad_id, recipe, seed, progress, description, copies=1, before_step=before_step)[0]
+    result = finetune_copies(model, train, validation, pad_id, recipe, seed, progress, description, copies=1, before_step=before_step,
+                             after_step=after_step)[0]
     if result.error:
         raise TrainingDiverged(result.error)
     return result
@@ -207,6 +209,7 @@ def finetune_copies(
     description: str = "finetune",
     copies: int = 1,
     before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> list[FinetuneResult]:
     """:func:`finetune` for a model holding ``copies`` configurations (batched LoRA layers and heads).
 
@@ -215,7 +218,8 @@ def finetune_copies(
     and (AdamW being elementwise) its updates, are those it would get alone. A configuration whose
     loss becomes NaN or infinite stops counting and is reported with its error.
     ``before_step(step)`` runs before every optimizer step's forward (the elastic evaluator draws
-    its ranks there).
+    its ranks there); ``after_step(step)`` after every optimizer step, gradients still in place
+    (AdaLoRA's budget allocation runs there).
     """
     start = time.perf_counter()
     device = _device_of(model)
@@ -250,6 +254,8 @@ def finetune_copies(
             clip_per_copy(params, copies, recipe.max_grad_norm)
         optimizer.step()
         schedule.step()
+        if after_step is not None:
+            after_step(step)
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{values[0]:.3f}")
     bar.close()

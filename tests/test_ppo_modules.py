@@ -2,15 +2,14 @@
 
 import csv
 import json
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rankgym.agents import ppo_modules
 
 import rankgym  # noqa: F401
-from rankgym.agents import ppo_modules
 from rankgym.cli import main
 from rankgym.envs.allocation import RankAllocationEnv
 from rankgym.evaluators.base import adapter_params

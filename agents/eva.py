@@ -1,0 +1,42 @@
+"""EVA (PEFT's ``EvaConfig`` and ``initialize_lora_eva_weights``): ranks from SVDs of each
+module's input activations on a few training batches, no training; its ranks are the map.
+
+    rankgym search RankSearch-minilm-rte-v0 --agent eva --param-budget 0.05
+
+The budget is the env's ``--param-budget`` (else the uniform map the env starts from), turned into
+EVA's mean rank ``r``; ``rho`` caps a module at rho x r. The map is scored like any searched map
+(projected onto the budget if it overshoots) and promoted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rankgym.recipe import Recipe
+from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli, strategy_budget, task_model
+
+
+@dataclass
+class Args(SearchArgs):
+    rho: float = 2.0  # a module gets at most rho x the mean rank (PEFT's default)
+    batches: int = 16  # training batches (of 32) whose activations the SVDs see
+
+
+def run(args: Args) -> dict[str, Any]:
+    from rankgym.strategies.peft_allocators import budget_rank, eva_ranks
+
+    started = time.time()
+    args = replace(args, budget=1)  # one map, one evaluation
+    run_dir, env, log, progress = open_search(args, "eva")
+    base = task_model(args, "eva", Recipe(train_examples=32 * args.batches))
+    ranks = eva_ranks(base.model, env.modules, base.train_set, base.tokenizer.pad_token_id, budget_rank(env.modules, strategy_budget(env)),
+                      args.rho, args.batches, seed=args.seed)
+    base.close()
+    evaluate_ranks(env, log, progress, [ranks[n] for n in env.names], "eva")
+    return finish_search(run_dir, env, started, progress, args)
+
+
+if __name__ == "__main__":
+    print(run(parse_cli(Args, __doc__)))
