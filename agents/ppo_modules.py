@@ -41,10 +41,6 @@ class Args(SearchArgs):
     pretrain: str | None = None  # write a pretrained policy to this path instead of searching
     pretrain_steps: int = 600_000  # module choices (episode steps) of pretraining
 
-    def config(self) -> dict[str, Any]:
-        tuned = ("pretrained", "episodes_per_update", "learning_rate", "ent_coef")
-        return {**super().config(), "hyperparams": {k: getattr(self, k) for k in tuned}}
-
 
 def _ppo(env, args: Args, n_steps: int, learning_rate: float, seed: int):
     from stable_baselines3 import PPO

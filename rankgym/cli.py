@@ -119,7 +119,8 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         click.echo(json.dumps(summary))
 
 
-AGENTS = ("ppo", "ppo-modules", "random", "tpe", "uniform", "presets", "spectral", "prilora", "adalora", "eva")
+AGENTS = ("ppo", "ppo-modules", "random", "tpe", "uniform", "presets", "spectral", "prilora", "adalora", "eva", "growth")
+OWN_ARGS = {"ppo-modules": "ppo_modules", "adalora": "adalora", "eva": "eva", "growth": "growth"}
 
 
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
@@ -132,20 +133,15 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
         from rankgym.agents import ppo
 
         return ppo.run(ppo.Args(**common, n_envs=n_envs, devices=list(devices), hyperparams=hyperparams))
-    if agent == "ppo-modules":
+    if agent in OWN_ARGS:  # agents whose own fields come from --set KEY=VALUE
+        import importlib
         from dataclasses import fields
 
-        from rankgym.agents import ppo_modules
-
-        known = {f.name for f in fields(ppo_modules.Args)} - set(common) - {"pretrain", "pretrain_steps"}
+        module = importlib.import_module(f"rankgym.agents.{OWN_ARGS[agent]}")
+        known = {f.name for f in fields(module.Args)} - set(common)
         if unknown := sorted(set(hyperparams) - known):
-            fail(f"unknown --set {', '.join(unknown)} for ppo-modules; it takes {', '.join(sorted(known))}")
-        return ppo_modules.run(ppo_modules.Args(**common, **hyperparams))
-    if agent in ("adalora", "eva"):
-        import importlib
-
-        module = importlib.import_module(f"rankgym.agents.{agent}")
-        return module.run(module.Args(**common))
+            fail(f"unknown --set {', '.join(unknown)} for {agent}; it takes {', '.join(sorted(known)) or 'none'}")
+        return module.run(module.Args(**common, **hyperparams))
     if agent == "random":
         from rankgym.agents import random_search
 

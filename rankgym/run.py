@@ -341,9 +341,12 @@ class SearchArgs:
         return {**self.env_kwargs, "store": store, "seed": self.env_kwargs.get("seed", self.seed), "retry_failed": self.retry_failed}
 
     def config(self) -> dict[str, Any]:
-        """What a run folder's config.json records of these arguments (resuming must not change it)."""
-        return {"env_id": self.env_id, "seed": self.seed, "budget": self.budget, "env_kwargs": self.env_kwargs,
-                "promote": self.promote, "promote_seeds": self.promote_seeds, "promote_examples": self.promote_examples}
+        """What a run folder's config.json records of these arguments (resuming must not change it);
+        an agent's own fields go under ``hyperparams``, which ``--resume`` hands back to it."""
+        config = {"env_id": self.env_id, "seed": self.seed, "budget": self.budget, "env_kwargs": self.env_kwargs,
+                  "promote": self.promote, "promote_seeds": self.promote_seeds, "promote_examples": self.promote_examples}
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in {g.name for g in fields(SearchArgs)}}
+        return {**config, "hyperparams": own} if own else config
 
     def promotion(self) -> Promotion | None:
         return Promotion(self.promote, self.promote_seeds, self.promote_examples) if self.promote > 0 else None
