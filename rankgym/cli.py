@@ -119,8 +119,8 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         click.echo(json.dumps(summary))
 
 
-AGENTS = ("ppo", "ppo-modules", "random", "tpe", "uniform", "presets", "spectral", "prilora", "adalora", "eva", "growth")
-OWN_ARGS = {"ppo-modules": "ppo_modules", "adalora": "adalora", "eva": "eva", "growth": "growth"}
+AGENTS = ("ppo", "ppo-modules", "random", "tpe", "uniform", "presets", "spectral", "prilora", "adalora", "eva", "growth", "autolora")
+OWN_ARGS = {"ppo-modules": "ppo_modules", "adalora": "adalora", "eva": "eva", "growth": "growth", "autolora": "autolora"}
 
 
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,

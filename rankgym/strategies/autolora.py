@@ -1,0 +1,113 @@
+"""AutoLoRA (the seed article, section 4.1, after Zhang et al., 2024), done as the paper means it.
+
+Every adapter starts at ``max_rank`` and each of its rank-1 components j gets a selection
+variable: the update is B diag(g) A with g_j = sigmoid(logit_j) (the article's Gumbel-softmax over
+the components would make them compete for one slot; a sigmoid per component lets any number
+survive). Training alternates, first-order, as AutoLoRA's bilevel search does: the factors and the
+head take a step on a training batch, then the selection logits a step on a batch held out of that
+training (a fifth of it), whose loss adds a sparsity term
+
+    penalty * max(0, expected parameters - budget) / budget,  expected = sum_ij g_ij (in_i + out_i)
+
+that pushes toward the budget and stops pushing once the gates fit it. The logits move by SGD
+(momentum 0.9): Adam would give every logit the same step whatever its gradient, and the gates
+would stay tied. At the end the gates are thresholded (:func:`hard_threshold`): components are
+taken from the highest gate down while they fit the budget, never one whose gate is at most
+``min_gate`` (0.05: switched off). The surviving count per module is the map, which is then
+retrained from scratch and promoted like any other.
+
+Written by hand: PEFT has no gated LoRA layer (AdaLoRA masks by sensitivity, not learned gates).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rankgym.evaluators.base import ModuleInfo
+from rankgym.lora.inject import apply_rank_map
+from rankgym.lora.layer import LoRALayer
+from rankgym.rankmap import RankMap
+from rankgym.recipe import ALPHA_POLICY, Recipe
+from rankgym.tasks import Encoded
+from rankgym.training import batch_inputs, init_adapters, task_loss, training_order
+
+
+class GatedLoRA(nn.Module):
+    """A :class:`LoRALayer` at its ``max_rank`` with one selection logit per rank component."""
+
+    def __init__(self, layer: LoRALayer, initial_logit: float = 3.0) -> None:
+        super().__init__()
+        self.layer = layer
+        layer.set_rank(layer.max_rank)
+        self.logits = nn.Parameter(torch.full((layer.max_rank,), initial_logit, device=layer.lora_A.device))
+
+    def gates(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        h = nn.functional.linear(x.to(layer.lora_A.dtype), layer.lora_A) * self.gates()
+        return layer.base(x) + nn.functional.linear(h, layer.lora_B * layer.scale).to(x.dtype)
+
+
+def hard_threshold(gates: dict[str, np.ndarray], modules: Sequence[ModuleInfo], budget_params: int,
+                   min_gate: float = 0.05) -> dict[str, int]:
+    """Ranks from gate values: components above ``min_gate``, highest gates first, while they fit ``budget_params``."""
+    cost = {m.name: m.in_features + m.out_features for m in modules}
+    candidates = sorted(((float(g), name) for name, values in gates.items() for g in values if g > min_gate), reverse=True)
+    ranks, spent = {m.name: 0 for m in modules}, 0
+    for _, name in candidates:
+        if spent + cost[name] <= budget_params:
+            ranks[name] += 1
+            spent += cost[name]
+    return ranks
+
+
+def autolora_ranks(model: nn.Module, modules: Sequence[ModuleInfo], train: Encoded, pad_id: int, budget_params: int, max_rank: int,
+                   recipe: Recipe = Recipe(), seed: int = 0, gate_lr: float = 10.0, penalty: float = 1.0,
+                   held_out: float = 0.2) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """Search the gates on ``train`` (a ``held_out`` share of it for the gates); returns the map and the final gate values."""
+    device = next(model.parameters()).device
+    names = [m.name for m in modules]
+    layers = apply_rank_map(model, RankMap({n: max_rank for n in names}, **ALPHA_POLICY), max_rank=max_rank)
+    init_adapters(model, seed)
+    gated = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        gated[name] = GatedLoRA(layers[name])
+        setattr(model.get_submodule(parent_name), child, gated[name])
+    cost = torch.tensor([m.in_features + m.out_features for m in modules], dtype=torch.float32, device=device)
+
+    order = np.random.default_rng(seed).permutation(len(train))
+    split = int(len(train) * (1 - held_out))
+    fit, gate_set = train.take(sorted(order[:split].tolist())), train.take(sorted(order[split:].tolist()))
+    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".logits")]
+    optimizer = torch.optim.AdamW(weights, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    gate_optimizer = torch.optim.SGD([g.logits for g in gated.values()], lr=gate_lr, momentum=0.9)
+    gate_batches = training_order(gate_set, recipe.batch_size, seed + 1)
+    torch.manual_seed(seed)
+    model.train()
+    for step, idx in enumerate(training_order(fit, recipe.batch_size, seed)):
+        loss = task_loss(model(**batch_inputs(fit, idx, pad_id, device)).logits.float(), fit.labels[idx].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(weights, recipe.max_grad_norm or float("inf"))
+        optimizer.step()
+
+        held = gate_batches[step % len(gate_batches)]
+        expected = sum((g.gates() * c).sum() for g, c in zip(gated.values(), cost))
+        gate_loss = task_loss(model(**batch_inputs(gate_set, held, pad_id, device)).logits.float(), gate_set.labels[held].to(device))
+        gate_loss = gate_loss + penalty * torch.relu(expected - budget_params) / budget_params
+        gate_optimizer.zero_grad(set_to_none=True)
+        gate_loss.backward()
+        gate_optimizer.step()
+    model.eval()
+    gates = {name: g.gates().detach().cpu().numpy() for name, g in gated.items()}
+    for name in names:  # put the plain layers back: the search's model is left as it found its wrappers
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layers[name])
+    return hard_threshold(gates, modules, budget_params), gates
