@@ -377,6 +377,38 @@ def surrogate(store, out, backbone, task, evaluator) -> None:
 
 
 @main.command()
+@click.option("--tasks", required=True, help="Tasks sharing the budget, e.g. 'sst2 rte mrpc' (space or comma separated).")
+@click.option("--param-budget", type=int, required=True, help="Total adapter parameters over all tasks.")
+@click.option("--backbone", default="minilm", show_default=True)
+@click.option("--weights", help="One weight per task for the weighted mean (default: equal).")
+@click.option("--out", type=click.Path(), default="runs/allocate", show_default=True, help="Folder: one rank map and PEFT config per task, split.json.")
+@click.option("--env", "env_options", multiple=True, metavar="KEY=VALUE", help="gym.make override of every task's env (repeatable).")
+def allocate(tasks, param_budget, backbone, weights, out, env_options) -> None:
+    """Split one adapter budget across tasks by their measured metric per parameter (one map per task)."""
+    from rankgym.allocate import allocate as split
+    from rankgym.run import key_values
+
+    names = [t for t in tasks.replace(",", " ").split() if t]
+    with user_errors():
+        try:
+            factors = [float(w) for w in weights.replace(",", " ").split()] if weights else None
+        except ValueError:
+            fail(f"--weights takes numbers, one per task, got {weights!r}")
+        result = split(names, param_budget, backbone, factors, out, env_kwargs=key_values(env_options))
+    s = result.summary
+    click.echo(f"{param_budget:,} adapter parameters over {', '.join(names)} ({s['per_rank']:,} per uniform rank); score split, "
+               f"{'weighted ' if weights else ''}mean metric:")
+    click.echo(f"  {'task':10s} {'measured split':>24s} {'equal split':>24s} {'article (6.2)':>24s}")
+    for t in names:
+        cells = [(s["split"][t]["params"], s["split"][t]["score"]), (s["equal_split"]["split"][t]["params"], s["equal_split"]["split"][t]["score"]),
+                 (s["article"]["split"][t]["params"], s["article"]["split"][t]["score"])]
+        click.echo(f"  {t:10s} " + " ".join(f"{p or 0:>12,} {m if m is not None else float('nan'):>11.4f}" for p, m in cells))
+    values = [s["value"], s["equal_split"]["value"], s["article"]["value"]]
+    click.echo(f"  {'mean':10s} " + " ".join(f"{'':>12s} {v if v is not None else float('nan'):>11.4f}" for v in values))
+    click.echo(f"wrote {out}/<task>/rank_map.json, peft/ and {out}/split.json")
+
+
+@main.command()
 def envs() -> None:
     """List the registered environment ids with backbone, task, evaluator and default budget."""
     from rankgym.registry import EnvConfig, env_ids
