@@ -6,7 +6,8 @@ schedule (``linear``, ``step`` or ``adaptive``); the final ranks are the map.
 ``linear`` and ``step`` grow every module alike from ``max_rank / 4`` to the uniform rank the budget
 buys (the env's ``--param-budget``, else the uniform map the env starts from), so their map is
 uniform; ``adaptive`` starts every module at rank 1 and grows the most important ones by 4 until
-the budget is spent (see :mod:`rankgym.strategies.growth`). The map is scored like any searched
+the budget is spent (so it needs a budget above uniform rank 1, and at exactly uniform rank 1 it
+has nothing to grow) (see :mod:`rankgym.strategies.growth`). The map is scored like any searched
 map and promoted; the run's seconds include the fine-tune.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rankgym.errors import ConfigError
+from rankgym.evaluators.base import adapter_params
 from rankgym.recipe import Recipe
 from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli, strategy_budget, task_model
 
@@ -38,6 +40,9 @@ def run(args: Args) -> dict[str, Any]:
     run_dir, env, log, progress = open_search(args, "growth")
     recipe = Recipe(train_examples=args.train_examples)
     budget = strategy_budget(env)
+    if adapter_params(env.modules, [1] * len(env.modules)) > budget:
+        raise ConfigError(f"growth starts every module at rank 1 ({adapter_params(env.modules, [1] * len(env.modules)):,} parameters), "
+                          f"over the budget of {budget:,}; raise --param-budget")
     top = budget_rank(env.modules, budget)
     low, high = (1, env.max_rank) if args.schedule == "adaptive" else (max(1, top // 4), top)
     base = task_model(args, "growth", recipe)

@@ -78,12 +78,10 @@ def run(args: Args) -> dict[str, Any]:
         path = SHIPPED if args.pretrained == "shipped" else Path(args.pretrained)
         if not path.is_file():
             raise ConfigError(f"no pretrained policy at {path}; pass --pretrained PATH, or --pretrained none to start from scratch")
+        # load() rebuilds the rollout buffer and learning-rate schedule from these, for fine-tuning on the target
         model = PPO.load(str(path), env=venv, device="cpu", seed=args.seed,
                          custom_objects={"n_steps": n_steps, "batch_size": min(64, n_steps), "learning_rate": args.learning_rate,
                                          "ent_coef": args.ent_coef})
-        model._setup_lr_schedule()
-        model.rollout_buffer = model.rollout_buffer_class(n_steps, venv.observation_space, venv.action_space, device="cpu",
-                                                          gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=1)
         # the policy's most likely map first: what it learned, before any exploration
         obs, finished = alloc.reset(seed=args.seed)[0], False
         while not finished:

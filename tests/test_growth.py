@@ -71,3 +71,9 @@ def test_growth_search_scores_its_map_once(tmp_path, sst2_dir):
     bad = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "growth", "--set", "schedule=fast",
                                     "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "unknown growth schedule 'fast'" in bad.output
+
+
+def test_growth_refuses_a_budget_below_rank_one_everywhere(tmp_path, sst2_dir):
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "growth", "--param-budget", "100",
+                                       "--out", str(tmp_path / "r"), "--env", "device='cpu'"])
+    assert result.exit_code == 2 and "raise --param-budget" in result.output
