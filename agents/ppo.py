@@ -1,127 +1,146 @@
-"""PPO (Stable-Baselines3) on any registered RankSearch id, in one file.
+"""PPO over AMC-style episodes, starting from a policy pretrained on many fake environments.
 
-    python agents/ppo.py --env-id RankSearch-fake-v0 --budget 2048 --seed 1
-    rankgym search RankSearch-tiny-sst2-v0 --agent ppo --budget 64
+    rankgym search RankSearch-minilm-sst2-v0 --agent ppo --budget 128 --param-budget 0.4
+    python agents/ppo.py --env-id RankSearch-fake-calibrated-v0 --budget 128 --env param_budget=0.4
+    python agents/ppo.py --pretrain rankgym/data/ppo-modules.zip      # regenerate the shipped policy
 
-Hyperparameters come from configs/ppo.yaml, keyed by env id (rl-zoo style; ``default`` first,
-then the id's own entry), and ``--set key=value`` on the command line overrides them. The defaults
-suit a few hundred expensive steps: SB3's n_steps=2048 would never update within such a budget.
+An episode walks the modules once and chooses each one's rank from that module's features and
+the budget spent so far (:class:`~rankgym.envs.allocation.RankAllocationEnv`); the finished map
+is one evaluation, so ``--budget`` counts maps, as for random search and TPE. The observation
+never sees the whole model, so one policy acts on any backbone, whatever its module count.
+
+The shipped policy (``rankgym/data/ppo-modules.zip``) was trained by :func:`pretrain` on calibrated
+and separable fake environments of 2-8 blocks, widths 128-384, budgets of 10-70 % and seeds from
+100 on: never the benchmark's seeds (0-9, 1000-1009) nor its unseen size (10 blocks, width 512).
+A search evaluates the policy's most likely map first, then keeps learning on the target
+(``--pretrained none`` starts from a random policy instead).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
-from rankgym.run import SearchArgs, parse_cli
+import rankgym
+from rankgym.errors import ConfigError
+from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ppo.yaml"
-BUILTIN = {  # used where configs/ppo.yaml is not beside the code (an installed wheel)
-    "n_steps": 32, "batch_size": 32, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 0.9, "gae_lambda": 0.9,
-    "ent_coef": 0.0, "clip_range": 0.2, "net_arch": [64, 64], "checkpoint_every": 256,
-}
+SHIPPED = Path(rankgym.__file__).parent / "data" / "ppo-modules.zip"
 
 
 @dataclass
 class Args(SearchArgs):
-    # parallel environments: on one device their maps train together in one batched fine-tune;
-    # with several --devices each runs in a spawned process on its own device
-    n_envs: int = 1
-    devices: list[str] = field(default_factory=list)  # one device per worker (cycled), e.g. cuda:0 cuda:1
-    hyperparams: dict[str, Any] = field(default_factory=dict)  # overrides of configs/ppo.yaml (--set KEY=VALUE)
+    pretrained: str = "shipped"  # "shipped", "none" (a fresh policy) or a path to an SB3 PPO zip
+    episodes_per_update: int = 4  # PPO update every this many evaluations
+    learning_rate: float = 3e-4  # of the fine-tuning on the target
+    ent_coef: float = 0.01
+    pretrain: str | None = None  # write a pretrained policy to this path instead of searching
+    pretrain_steps: int = 600_000  # module choices (episode steps) of pretraining
 
 
-def hyperparameters(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    table = yaml.safe_load(CONFIGS.read_text()) if CONFIGS.is_file() else {}
-    return {**BUILTIN, **(table.get("default") or {}), **(table.get(env_id) or {}), **overrides}
+def _ppo(env, args: Args, n_steps: int, learning_rate: float, seed: int):
+    from stable_baselines3 import PPO
 
-
-def make_env(env_id: str, env_kwargs: dict[str, Any], log_path: str, worker: int, on_record=None, allow_divergence: bool = False):
-    """A thunk for SB3's vector envs (picklable for spawned workers)."""
-
-    def thunk():
-        import gymnasium as gym
-        from stable_baselines3.common.monitor import Monitor
-
-        import rankgym  # noqa: F401  (registers the ids in a spawned process)
-        from rankgym.run import RecordEvaluations
-
-        env = gym.make(env_id, **env_kwargs)
-        return Monitor(RecordEvaluations(env, log_path, worker, on_record, allow_divergence))
-
-    return thunk
+    return PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, n_steps=n_steps, batch_size=min(64, n_steps * env.num_envs),
+               n_epochs=10, learning_rate=learning_rate, gamma=1.0, gae_lambda=1.0, ent_coef=args.ent_coef,
+               policy_kwargs={"net_arch": [64, 64]})
 
 
 def run(args: Args) -> dict[str, Any]:
+    if args.pretrain:
+        return pretrain(args)
     import torch
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from rankgym.envs.vector import RankSearchVecEnv
-    from rankgym.registry import make_batched_episodes
-    from rankgym.run import Progress, RunDir, StepLog, run_folder
+    from rankgym.envs.allocation import RankAllocationEnv
 
-    hp = hyperparameters(args.env_id, args.hyperparams)
-    out = args.out or run_folder(args.env_id, "ppo", args.seed)
-    run_dir = RunDir(out, {**args.config(), "agent": "ppo", "n_envs": args.n_envs, "devices": args.devices, "hyperparams": hp},
-                     resume=args.resume)
     started = time.time()
-    store = str(run_dir.store_path)
-    progress = Progress(args.budget, f"ppo {args.env_id}")
+    run_dir, env, log, progress = open_search(args, "ppo")
+    done = []  # evaluations of this process (a resumed run replays the logged ones through the store)
 
-    def worker_kwargs(i: int) -> dict[str, Any]:
-        kwargs = args.env_kwargs_for_run(store)
-        if args.devices:
-            kwargs["device"] = args.devices[i % len(args.devices)]
-        return kwargs
+    def evaluate(ranks: list[int]) -> dict[str, Any]:
+        done.append(1)
+        return evaluate_ranks(env, log, progress, ranks)
 
-    spawned = args.n_envs > 1 and len(args.devices) > 1
-    if args.n_envs == 1:
-        venv = DummyVecEnv([make_env(args.env_id, worker_kwargs(0), store, 0, progress, args.allow_divergence)])
-    elif spawned:  # workers log to the shared SQLite file; the bar follows the steps the learner sees
-        venv = SubprocVecEnv([make_env(args.env_id, worker_kwargs(i), store, i, None, args.allow_divergence) for i in range(args.n_envs)],
-                             start_method="spawn")
-    else:  # one device: the K maps of a step train together (batched evaluator)
-        logs = [StepLog(store, i, args.allow_divergence) for i in range(args.n_envs)]
-
-        def on_evaluation(i: int, kind: str, info: dict, reward: float) -> None:
-            logs[i].record(kind, info, reward, cache_hit=core.envs[i].last_evaluation.cache_hit)
-            progress(kind, info, reward)
-
-        core = make_batched_episodes(args.n_envs, args.env_id, on_evaluation, **worker_kwargs(0))
-        venv = VecMonitor(RankSearchVecEnv(core))
+    alloc = RankAllocationEnv(env, evaluate=evaluate)
+    venv = DummyVecEnv([lambda: alloc])
+    torch.manual_seed(args.seed)
+    n_steps = args.episodes_per_update * alloc.n_modules
+    if args.pretrained == "none":
+        model = _ppo(venv, args, n_steps, args.learning_rate, args.seed)
+    else:
+        path = SHIPPED if args.pretrained == "shipped" else Path(args.pretrained)
+        if not path.is_file():
+            raise ConfigError(f"no pretrained policy at {path}; pass --pretrained PATH, or --pretrained none to start from scratch")
+        # load() rebuilds the rollout buffer and learning-rate schedule from these, for fine-tuning on the target
+        model = PPO.load(str(path), env=venv, device="cpu", seed=args.seed,
+                         custom_objects={"n_steps": n_steps, "batch_size": min(64, n_steps), "learning_rate": args.learning_rate,
+                                         "ent_coef": args.ent_coef})
+        # the policy's most likely map first: what it learned, before any exploration
+        obs, finished = alloc.reset(seed=args.seed)[0], False
+        while not finished:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, _, finished, _, _ = alloc.step(int(action))
 
     class Budget(BaseCallback):
-        """Stop after ``budget`` environment steps (evaluations), counted over all workers."""
+        """Stop once the search has spent its evaluations (episodes end exactly at a multiple of the module count)."""
 
         def _on_step(self) -> bool:
-            if spawned:
-                for info in self.locals["infos"]:
-                    progress("step", info, info.get("score", 0.0))
-            return self.num_timesteps < args.budget
+            return len(done) < args.budget
+
+    if len(done) < args.budget:
+        model.learn(total_timesteps=(args.budget - len(done)) * alloc.n_modules, callback=Budget())
+    model.save(str(run_dir.path / "ppo_final"))
+    return finish_search(run_dir, env, started, progress, args)
+
+
+def pretraining_env(seed: int):
+    """A fresh fake environment per episode: profile, size, width, budget and seed drawn from ``seed``'s generator."""
+    import gymnasium as gym
+
+    from rankgym.envs.allocation import RankAllocationEnv
+
+    class Randomised(gym.Env):
+        def __init__(self) -> None:
+            self.rng = np.random.default_rng(seed)
+            self.env = self._draw()
+            self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
+
+        def _draw(self) -> RankAllocationEnv:
+            profile = "calibrated" if self.rng.random() < 0.8 else "separable"
+            kwargs = dict(fake_profile=profile, fake_layers=int(self.rng.choice([2, 3, 4, 6, 8])),
+                          fake_hidden=int(self.rng.choice([128, 256, 384])), seed=int(self.rng.integers(100, 10**6)),
+                          param_budget=float(self.rng.uniform(0.1, 0.7)))
+            return RankAllocationEnv(gym.make("RankSearch-fake-v0", **kwargs).unwrapped)
+
+        def reset(self, *, seed=None, options=None):
+            self.env = self._draw()
+            return self.env.reset()
+
+        def step(self, action):
+            return self.env.step(action)
+
+    return Randomised
+
+
+def pretrain(args: Args) -> dict[str, Any]:
+    """Train a policy on many fake environments and save it to ``args.pretrain``."""
+    import torch
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
     torch.manual_seed(args.seed)
-    n_steps = max(1, hp["n_steps"] // args.n_envs)
-    model = PPO(
-        "MlpPolicy", venv, seed=args.seed, device="cpu", verbose=0,
-        n_steps=n_steps, batch_size=min(hp["batch_size"], n_steps * args.n_envs), n_epochs=hp["n_epochs"],
-        learning_rate=hp["learning_rate"], gamma=hp["gamma"], gae_lambda=hp["gae_lambda"], ent_coef=hp["ent_coef"],
-        clip_range=hp["clip_range"], policy_kwargs={"net_arch": hp["net_arch"]},
-    )
-    checkpoints = CheckpointCallback(max(1, hp["checkpoint_every"] // args.n_envs), str(run_dir.path / "checkpoints"), name_prefix="ppo")
-    model.learn(total_timesteps=args.budget, callback=CallbackList([Budget(), checkpoints]))
-    model.save(str(run_dir.path / "checkpoints" / "ppo_final"))
-    progress.close()
-    template, lam = (venv.get_attr(name, [0])[0] for name in ("template", "lam"))
-    evaluator = venv.get_attr("evaluator", [0])[0] if not spawned else None
-    pool = evaluator.utilisation() if hasattr(evaluator, "utilisation") else None
-    venv.close()
-    return run_dir.finish(template, lam, started, promotion=args.promotion(), pool=pool)
+    started = time.time()
+    venv = DummyVecEnv([pretraining_env(args.seed * 100 + i) for i in range(8)])
+    model = _ppo(venv, args, n_steps=256, learning_rate=3e-4, seed=args.seed)
+    model.learn(total_timesteps=args.pretrain_steps, progress_bar=True)
+    model.save(args.pretrain)
+    return {"policy": args.pretrain, "steps": args.pretrain_steps, "seconds": round(time.time() - started, 1)}
 
 
 if __name__ == "__main__":

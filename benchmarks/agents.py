@@ -7,13 +7,13 @@ Environments, all at ``param_budget=0.4`` (reward = metric at 40 % of uniform-16
 (a) ``fake``: the calibrated fake (MiniLM's shape, fitted to real MiniLM x SST-2 scores; noise and
 collapses on), seed s; (b) ``surrogate``: the shipped table fitted to real MiniLM x SST-2 elastic
 scores; (c) ``fake-unseen``: the calibrated fake at a size (10 blocks, width 512) and seeds
-(1000 + s) used neither in development nor in pretraining the ``ppo-modules`` policy. Each agent
+(1000 + s) used neither in development nor in pretraining the shipped ``ppo`` policy. Each agent
 runs once per environment and seed with the largest budget; its best reward at a smaller budget
 is the best of its first evaluations (random search and TPE make the same first choices whatever
 their budget, and the PPO agents' schedules do not depend on it). Baselines (uniform, presets,
-spectral, prilora) are fixed maps, run once. ``ppo`` is the step-wise agent (grow/keep/shrink every
-module per step), ``ppo-modules`` the AMC-style one with the shipped pretrained policy,
-``ppo-scratch`` the same without pretraining.
+spectral, prilora) are fixed maps, run once. ``ppo`` is the AMC-style agent with the shipped
+pretrained policy, ``ppo-scratch`` the same without pretraining, ``ppo-steps`` the step-wise agent
+(grow/keep/shrink every module per step).
 
 The figure of merit is the quality of the map a search answers with after n evaluations (its
 best-scored map so far): on the fake envs that map's noise-free metric, since with noise on, the
@@ -40,7 +40,7 @@ ENVS = {
     "surrogate": lambda s: ("RankSearch-minilm-sst2-surrogate-v0", {"seed": s, "param_budget": 0.4}),
     "fake-unseen": lambda s: ("RankSearch-fake-calibrated-v0", {"seed": 1000 + s, "fake_layers": 10, "fake_hidden": 512, "param_budget": 0.4}),
 }
-PPO_AGENTS = ("ppo", "ppo-modules", "ppo-scratch")
+PPO_AGENTS = ("ppo", "ppo-scratch", "ppo-steps")
 
 
 def optimum(env_id: str, kwargs: dict) -> float | None:
@@ -71,15 +71,15 @@ def answer_quality(run: Path, env_id: str, kwargs: dict) -> np.ndarray:
 
 def run_agent(agent: str, env_id: str, env_kwargs: dict, seed: int, budget: int, out: Path) -> np.ndarray:
     """One search; returns its answer-quality curve."""
-    from rankgym.agents import baselines, ppo, ppo_modules, random_search, tpe
+    from rankgym.agents import baselines, ppo, ppo_steps, random_search, tpe
 
     common = dict(env_id=env_id, budget=budget, seed=seed, out=str(out), env_kwargs=env_kwargs, promote=0)
     if agent in ("uniform", "presets", "spectral", "prilora"):
         baselines.run(baselines.Args(**common, family=agent))
-    elif agent in ("ppo-modules", "ppo-scratch"):
-        ppo_modules.run(ppo_modules.Args(**common, pretrained="shipped" if agent == "ppo-modules" else "none"))
+    elif agent in ("ppo", "ppo-scratch"):
+        ppo.run(ppo.Args(**common, pretrained="shipped" if agent == "ppo" else "none"))
     else:
-        module = {"ppo": ppo, "random": random_search, "tpe": tpe}[agent]
+        module = {"ppo-steps": ppo_steps, "random": random_search, "tpe": tpe}[agent]
         module.run(module.Args(**common))
     return answer_quality(out, env_id, env_kwargs)
 
@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--budgets", type=int, nargs="+", default=[32, 128, 512])
-    parser.add_argument("--agents", nargs="+", default=["random", "tpe", "ppo", "ppo-modules", "ppo-scratch", "uniform", "presets", "spectral", "prilora"])
+    parser.add_argument("--agents", nargs="+", default=["random", "tpe", "ppo", "ppo-scratch", "ppo-steps", "uniform", "presets", "spectral", "prilora"])
     parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
     parser.add_argument("--out", default="runs/agents")
     args = parser.parse_args()

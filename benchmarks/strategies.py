@@ -13,7 +13,7 @@ modules at rank 1 cost exactly 12.5 %), every strategy proposes one map within t
 - one-shot strategies, run through ``rankgym search --agent NAME`` (their seconds are the run's):
   ``adalora``, ``eva``, ``growth`` (adaptive), ``autolora``;
 - searches of 64 elastic evaluations (ranks 0..16 in steps of 1, the adapter trained once per
-  run): ``tpe``, ``ppo-modules``, ``random``.
+  run): ``tpe``, ``ppo``, ``random``.
 
 Then every distinct map is retrained with the full recipe (8,192 examples) and seeds 0, 1, 2 and
 validated on the validation split, which no strategy read; the table gives mean ± std, the
@@ -38,7 +38,7 @@ import numpy as np
 
 FIXED = ("uniform", "prilora", "presets", "spectral")
 ONE_SHOT = {"adalora": [], "eva": [], "growth": ["--set", "schedule=adaptive"], "autolora": []}
-SEARCHES = ("tpe", "ppo-modules", "random")
+SEARCHES = ("tpe", "ppo", "random")
 ALL = FIXED + tuple(ONE_SHOT) + SEARCHES
 
 

@@ -119,8 +119,8 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         click.echo(json.dumps(summary))
 
 
-AGENTS = ("ppo", "ppo-modules", "random", "tpe", "uniform", "presets", "spectral", "prilora", "adalora", "eva", "growth", "autolora")
-OWN_ARGS = {"ppo-modules": "ppo_modules", "adalora": "adalora", "eva": "eva", "growth": "growth", "autolora": "autolora"}
+AGENTS = ("ppo", "ppo-steps", "random", "tpe", "uniform", "presets", "spectral", "prilora", "adalora", "eva", "growth", "autolora")
+OWN_ARGS = {"ppo": "ppo", "adalora": "adalora", "eva": "eva", "growth": "growth", "autolora": "autolora"}
 
 
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
@@ -129,10 +129,10 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
     """Dispatch to the agent scripts in agents/ (shipped as rankgym.agents)."""
     common = dict(env_id=env_id, budget=budget, seed=seed, out=out, resume=resume, env_kwargs=env_kwargs, retry_failed=retry_failed,
                   allow_divergence=allow_divergence, **promote)
-    if agent == "ppo":
-        from rankgym.agents import ppo
+    if agent == "ppo-steps":
+        from rankgym.agents import ppo_steps
 
-        return ppo.run(ppo.Args(**common, n_envs=n_envs, devices=list(devices), hyperparams=hyperparams))
+        return ppo_steps.run(ppo_steps.Args(**common, n_envs=n_envs, devices=list(devices), hyperparams=hyperparams))
     if agent in OWN_ARGS:  # agents whose own fields come from --set KEY=VALUE
         import importlib
         from dataclasses import fields
@@ -164,8 +164,8 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue a killed run from its folder.")
 @click.option("--env", "env_options", multiple=True, metavar="KEY=VALUE", help="gym.make override (repeatable), e.g. --env lam=0.2.")
 @click.option("--set", "hp_options", multiple=True, metavar="KEY=VALUE", help="PPO hyperparameter override (repeatable).")
-@click.option("--n-envs", type=int, default=1, show_default=True, help="PPO: parallel environments (on one device their maps train together; with several --devices, one spawned process each).")
-@click.option("--devices", multiple=True, help="PPO: one device per worker, cycled (repeatable).")
+@click.option("--n-envs", type=int, default=1, show_default=True, help="ppo-steps: parallel environments (on one device their maps train together; with several --devices, one spawned process each).")
+@click.option("--devices", multiple=True, help="ppo-steps: one device per worker, cycled (repeatable).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Evaluate on Ray workers: --ray starts a local cluster, --ray auto joins a running one, or give its address.")
 @click.option("--workers", type=int, default=2, show_default=True, help="With --ray: evaluation workers (one GPU each on GPU clusters).")
@@ -211,7 +211,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                 env_kwargs["param_budget"] = param_budget
             if ray_address:
                 env_kwargs.update(ray_workers=workers, worker_cpus=worker_cpus, ray_address=None if ray_address == "local" else ray_address)
-                if agent == "ppo" and n_envs == 1:
+                if agent == "ppo-steps" and n_envs == 1:
                     n_envs = workers  # one environment per worker: their steps evaluate side by side
             if min(promote, promote_seeds, promote_examples) < 0 or (promote and not (promote_seeds and promote_examples)):
                 fail("--promote, --promote-seeds and --promote-examples must be >= 1 (or --no-promote)")

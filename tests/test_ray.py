@@ -45,8 +45,8 @@ def test_random_search_on_two_workers_logs_what_one_process_logs(tmp_path, sst2_
 
 def test_ppo_on_workers_logs_what_ppo_on_processes_logs(tmp_path, sst2_dir):
     data = ["--env", f"data_dir='{sst2_dir}'"]
-    spawned, _ = search(tmp_path, "spawned", "--agent", "ppo", "--budget", "4", "--n-envs", "2", "--devices", "cpu", "--devices", "cpu", *data)
-    pooled, _ = search(tmp_path, "ray", "--agent", "ppo", "--budget", "4", "--ray", "--workers", "2", *data)
+    spawned, _ = search(tmp_path, "spawned", "--agent", "ppo-steps", "--budget", "4", "--n-envs", "2", "--devices", "cpu", "--devices", "cpu", *data)
+    pooled, _ = search(tmp_path, "ray", "--agent", "ppo-steps", "--budget", "4", "--ray", "--workers", "2", *data)
     # two environments step side by side in both: the order their rows reach the log may differ, so compare as sets
     assert sorted(logged(pooled)) == sorted(logged(spawned)) and len(logged(pooled)) >= 6
 

@@ -104,7 +104,7 @@ TINY_FAST = ["--env", "train_examples=32", "--env", "val_examples=32", "--env", 
 
 
 def test_sigkill_midway_then_resume_gives_the_uninterrupted_run(tmp_path, sst2_dir):
-    args = ["RankSearch-tiny-sst2-v0", "--agent", "ppo", "--budget", "24", "--seed", "1", "--no-report", "--no-promote", *TINY_FAST]
+    args = ["RankSearch-tiny-sst2-v0", "--agent", "ppo-steps", "--budget", "24", "--seed", "1", "--no-report", "--no-promote", *TINY_FAST]
     env = dict(os.environ, RANKGYM_DATA_DIR=str(sst2_dir))
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     cmd = [sys.executable, "-m", "rankgym.cli", "search"]
@@ -139,7 +139,7 @@ def test_sigkill_midway_then_resume_gives_the_uninterrupted_run(tmp_path, sst2_d
 @pytest.mark.slow
 def test_ppo_search_on_tiny_with_budget_64_writes_every_artefact(tmp_path, sst2_dir):
     run = tmp_path / "ppo"
-    search("RankSearch-tiny-sst2-v0", "--agent", "ppo", "--budget", "64", "--out", str(run), "--env", f"data_dir='{sst2_dir}'",
+    search("RankSearch-tiny-sst2-v0", "--agent", "ppo-steps", "--budget", "64", "--out", str(run), "--env", f"data_dir='{sst2_dir}'",
            "--promote-examples", "1024")
     for name in ARTEFACTS + ("report/report.md",):
         assert (run / name).is_file(), name

@@ -53,7 +53,7 @@ def test_sb3_vec_env_auto_resets_with_terminal_observation():
 
 def test_ppo_with_n_envs_logs_every_worker(tmp_path, sst2_dir):
     run = tmp_path / "ppo4"
-    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "ppo", "--budget", "8", "--n-envs", "2",
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "ppo-steps", "--budget", "8", "--n-envs", "2",
                                        "--set", "n_steps=4", "--set", "batch_size=4", "--no-promote",
                                        "--out", str(run), "--no-report", "--env", f"data_dir='{sst2_dir}'",
                                        *[f"--env={k}={v!r}" for k, v in FAST.items()]])

@@ -4,7 +4,7 @@
 vector step by: applying every action, looking every map up in the store, evaluating the rest in
 one ``evaluate_many`` call (the ``batched`` evaluator: K maps, one frozen base, one forward and
 backward), and finishing every step. Two thin adapters expose it: a Gymnasium ``VectorEnv``
-(``gym.make_vec(id, num_envs=K)``) and a Stable-Baselines3 ``VecEnv`` (``agents/ppo.py --n-envs K``).
+(``gym.make_vec(id, num_envs=K)``) and a Stable-Baselines3 ``VecEnv`` (``agents/ppo_steps.py --n-envs K``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from rankgym.agents import ppo_modules
+from rankgym.agents import ppo
 
 import rankgym  # noqa: F401
 from rankgym.cli import main
@@ -40,7 +40,7 @@ def test_an_episode_sets_each_module_once_and_scores_the_map_once():
 def test_the_shipped_policy_acts_on_envs_of_any_module_count(sst2_dir):
     from stable_baselines3 import PPO
 
-    policy = PPO.load(str(ppo_modules.SHIPPED), device="cpu")
+    policy = PPO.load(str(ppo.SHIPPED), device="cpu")
     searches = [gym.make("RankSearch-fake-calibrated-v0", fake_layers=layers, param_budget=0.3).unwrapped for layers in (1, 10)]
     searches += [gym.make("RankSearch-fake-v0", fake_layers=3).unwrapped,  # 18 modules, no budget: lam = 0.5
                  gym.make("RankSearch-tiny-sst2-v0", train_examples=32, val_examples=32, device="cpu").unwrapped]  # a real model
@@ -55,7 +55,7 @@ def test_the_shipped_policy_acts_on_envs_of_any_module_count(sst2_dir):
 
 def test_search_spends_its_budget_in_maps_and_resume_repeats_nothing(tmp_path):
     run = tmp_path / "run"
-    args = ["search", "RankSearch-fake-calibrated-v0", "--agent", "ppo-modules", "--budget", "12", "--seed", "1", "--out", str(run),
+    args = ["search", "RankSearch-fake-calibrated-v0", "--agent", "ppo", "--budget", "12", "--seed", "1", "--out", str(run),
             "--param-budget", "0.4", "--no-report"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -71,10 +71,10 @@ def test_search_spends_its_budget_in_maps_and_resume_repeats_nothing(tmp_path):
 def test_the_first_map_is_the_pretrained_policys_most_likely_one(tmp_path):
     from stable_baselines3 import PPO
 
-    summary = ppo_modules.run(ppo_modules.Args(env_id="RankSearch-fake-calibrated-v0", budget=1, seed=0, out=str(tmp_path / "r"),
+    summary = ppo.run(ppo.Args(env_id="RankSearch-fake-calibrated-v0", budget=1, seed=0, out=str(tmp_path / "r"),
                                                env_kwargs={"param_budget": 0.4}, promote=0))
     search = gym.make("RankSearch-fake-calibrated-v0", param_budget=0.4).unwrapped
-    env, policy = RankAllocationEnv(search), PPO.load(str(ppo_modules.SHIPPED), device="cpu")
+    env, policy = RankAllocationEnv(search), PPO.load(str(ppo.SHIPPED), device="cpu")
     obs, done = env.reset()[0], False
     while not done:
         obs, _, done, _, info = env.step(int(policy.predict(obs, deterministic=True)[0]))
@@ -82,6 +82,6 @@ def test_the_first_map_is_the_pretrained_policys_most_likely_one(tmp_path):
 
 
 def test_a_missing_policy_file_is_one_clear_error(tmp_path):
-    result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "ppo-modules", "--budget", "2", "--out", str(tmp_path / "r"),
+    result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "ppo", "--budget", "2", "--out", str(tmp_path / "r"),
                                        "--set", f"pretrained={tmp_path / 'nope.zip'}"])
     assert result.exit_code == 2 and "no pretrained policy at" in result.output
