@@ -10,12 +10,11 @@ budget if AdaLoRA overshoots it) and promoted. The run's seconds include the fin
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rankgym.recipe import Recipe
-from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli, strategy_budget, task_model
+from rankgym.run import SearchArgs, one_shot, parse_cli, strategy_budget
 
 
 @dataclass
@@ -27,16 +26,10 @@ class Args(SearchArgs):
 def run(args: Args) -> dict[str, Any]:
     from rankgym.strategies.peft_allocators import adalora_ranks, budget_rank
 
-    started = time.time()
-    args = replace(args, budget=1)  # one map, one evaluation
-    run_dir, env, log, progress = open_search(args, "adalora")
     recipe = Recipe(train_examples=args.train_examples)
-    base = task_model(args, "adalora", recipe)
-    ranks = adalora_ranks(base.model, env.modules, base.train_set, base.val_set, base.tokenizer.pad_token_id,
-                          budget_rank(env.modules, strategy_budget(env)), recipe, args.seed, args.init_ratio)
-    base.close()
-    evaluate_ranks(env, log, progress, [ranks[n] for n in env.names], "adalora")
-    return finish_search(run_dir, env, started, progress, args)
+    return one_shot(args, "adalora", recipe, lambda env, base: adalora_ranks(
+        base.model, env.modules, base.train_set, base.val_set, base.tokenizer.pad_token_id,
+        budget_rank(env.modules, strategy_budget(env)), recipe, args.seed, args.init_ratio))
 
 
 if __name__ == "__main__":

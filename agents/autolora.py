@@ -10,12 +10,11 @@ scored like any searched map and promoted; the run's seconds include the gate se
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rankgym.recipe import Recipe
-from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli, strategy_budget, task_model
+from rankgym.run import SearchArgs, one_shot, parse_cli, strategy_budget
 
 
 @dataclass
@@ -28,16 +27,10 @@ class Args(SearchArgs):
 def run(args: Args) -> dict[str, Any]:
     from rankgym.strategies.autolora import autolora_ranks
 
-    started = time.time()
-    args = replace(args, budget=1)  # one map, one evaluation
-    run_dir, env, log, progress = open_search(args, "autolora")
     recipe = Recipe(train_examples=args.train_examples)
-    base = task_model(args, "autolora", recipe)
-    ranks, _ = autolora_ranks(base.model, env.modules, base.train_set, base.tokenizer.pad_token_id, strategy_budget(env), env.max_rank,
-                              recipe, args.seed, args.gate_lr, args.penalty)
-    base.close()
-    evaluate_ranks(env, log, progress, [ranks[n] for n in env.names], "autolora")
-    return finish_search(run_dir, env, started, progress, args)
+    return one_shot(args, "autolora", recipe, lambda env, base: autolora_ranks(
+        base.model, env.modules, base.train_set, base.tokenizer.pad_token_id, strategy_budget(env), env.max_rank,
+        recipe, args.seed, args.gate_lr, args.penalty)[0])
 
 
 if __name__ == "__main__":

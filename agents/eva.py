@@ -10,12 +10,11 @@ EVA's mean rank ``r``; ``rho`` caps a module at rho x r. The map is scored like 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rankgym.recipe import Recipe
-from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli, strategy_budget, task_model
+from rankgym.run import SearchArgs, one_shot, parse_cli, strategy_budget
 
 
 @dataclass
@@ -27,15 +26,9 @@ class Args(SearchArgs):
 def run(args: Args) -> dict[str, Any]:
     from rankgym.strategies.peft_allocators import budget_rank, eva_ranks
 
-    started = time.time()
-    args = replace(args, budget=1)  # one map, one evaluation
-    run_dir, env, log, progress = open_search(args, "eva")
-    base = task_model(args, "eva", Recipe(train_examples=32 * args.batches))
-    ranks = eva_ranks(base.model, env.modules, base.train_set, base.tokenizer.pad_token_id, budget_rank(env.modules, strategy_budget(env)),
-                      args.rho, args.batches, seed=args.seed)
-    base.close()
-    evaluate_ranks(env, log, progress, [ranks[n] for n in env.names], "eva")
-    return finish_search(run_dir, env, started, progress, args)
+    return one_shot(args, "eva", Recipe(train_examples=32 * args.batches), lambda env, base: eva_ranks(
+        base.model, env.modules, base.train_set, base.tokenizer.pad_token_id, budget_rank(env.modules, strategy_budget(env)),
+        args.rho, args.batches, seed=args.seed))
 
 
 if __name__ == "__main__":

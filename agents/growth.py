@@ -13,14 +13,13 @@ map and promoted; the run's seconds include the fine-tune.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rankgym.errors import ConfigError
 from rankgym.evaluators.base import adapter_params
 from rankgym.recipe import Recipe
-from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli, strategy_budget, task_model
+from rankgym.run import SearchArgs, one_shot, parse_cli, strategy_budget
 
 
 @dataclass
@@ -35,22 +34,18 @@ def run(args: Args) -> dict[str, Any]:
 
     if args.schedule not in SCHEDULES:
         raise ConfigError(f"unknown growth schedule {args.schedule!r}; use --set schedule={' | '.join(SCHEDULES)}")
-    started = time.time()
-    args = replace(args, budget=1)  # one map, one evaluation
-    run_dir, env, log, progress = open_search(args, "growth")
     recipe = Recipe(train_examples=args.train_examples)
-    budget = strategy_budget(env)
-    if adapter_params(env.modules, [1] * len(env.modules)) > budget:
-        raise ConfigError(f"growth starts every module at rank 1 ({adapter_params(env.modules, [1] * len(env.modules)):,} parameters), "
-                          f"over the budget of {budget:,}; raise --param-budget")
-    top = budget_rank(env.modules, budget)
-    low, high = (1, env.max_rank) if args.schedule == "adaptive" else (max(1, top // 4), top)
-    base = task_model(args, "growth", recipe)
-    ranks = grow(base.model, env.modules, base.train_set, base.val_set, base.tokenizer.pad_token_id, args.schedule, low, high,
-                 budget, recipe, args.seed)
-    base.close()
-    evaluate_ranks(env, log, progress, [ranks[n] for n in env.names], f"growth-{args.schedule}")
-    return finish_search(run_dir, env, started, progress, args)
+
+    def propose(env, base) -> dict[str, int]:
+        budget, start = strategy_budget(env), adapter_params(env.modules, [1] * len(env.modules))
+        if start > budget:
+            raise ConfigError(f"growth starts every module at rank 1 ({start:,} parameters), over the budget of {budget:,}; raise --param-budget")
+        top = budget_rank(env.modules, budget)
+        low, high = (1, env.max_rank) if args.schedule == "adaptive" else (max(1, top // 4), top)
+        return grow(base.model, env.modules, base.train_set, base.val_set, base.tokenizer.pad_token_id, args.schedule, low, high,
+                    budget, recipe, args.seed)
+
+    return one_shot(args, "growth", recipe, propose)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,12 @@ def main() -> None:
     plot(table, out)
 
 
+def save(fig, stem: Path) -> None:
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(stem.with_suffix(f".{ext}"), dpi=120)
+
+
 def plot(table: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -194,9 +200,7 @@ def plot(table: list[dict], out: Path) -> None:
     ax.set(xlabel="adapter parameters", ylabel="validation metric", title="metric against parameters")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(out / f"strategies.{ext}", dpi=120)
+    save(fig, out / "strategies")
 
     searches = [t for t in table if t["run"]]
     if searches:
@@ -212,9 +216,7 @@ def plot(table: list[dict], out: Path) -> None:
         ax.set(xlabel="evaluation seconds", ylabel="best search score (elastic, score split)", title="searches: best so far")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            fig.savefig(out / f"searches.{ext}", dpi=120)
+        save(fig, out / "searches")
     print(f"wrote {out / 'table.md'}, {out / 'strategies.png'} (and .svg)")
 
 

@@ -313,6 +313,20 @@ def task_model(args: "SearchArgs", agent: str, recipe: Recipe):
     return build_evaluator(config)
 
 
+def one_shot(args: "SearchArgs", agent: str, recipe: Recipe, propose) -> dict[str, Any]:
+    """A strategy that proposes one map from a real model (:func:`task_model`): ``propose(env, base)``
+    returns its ranks by module name; the map is evaluated once, logged under ``agent``, and the
+    search finished (promoted) like any other."""
+    started = time.time()
+    args = replace(args, budget=1)  # one map, one evaluation
+    run_dir, env, log, progress = open_search(args, agent)
+    base = task_model(args, agent, recipe)
+    ranks = propose(env, base)
+    base.close()
+    evaluate_ranks(env, log, progress, [ranks[n] for n in env.names], agent)
+    return finish_search(run_dir, env, started, progress, args)
+
+
 def finish_search(run_dir: RunDir, env, started: float, progress: Progress, args: "SearchArgs") -> dict[str, Any]:
     progress.close()
     pool = env.evaluator.utilisation() if hasattr(env.evaluator, "utilisation") else None
