@@ -24,7 +24,8 @@ class Args(SearchArgs):
 
 
 def run(args: Args) -> dict[str, Any]:
-    from rankgym.strategies.peft_allocators import adalora_ranks, budget_rank
+    from rankgym.budget import budget_rank
+    from rankgym.strategies.peft_allocators import adalora_ranks
 
     recipe = Recipe(train_examples=args.train_examples)
     return one_shot(args, "adalora", recipe, lambda env, base: adalora_ranks(

@@ -24,7 +24,8 @@ class Args(SearchArgs):
 
 
 def run(args: Args) -> dict[str, Any]:
-    from rankgym.strategies.peft_allocators import budget_rank, eva_ranks
+    from rankgym.budget import budget_rank
+    from rankgym.strategies.peft_allocators import eva_ranks
 
     return one_shot(args, "eva", Recipe(train_examples=32 * args.batches), lambda env, base: eva_ranks(
         base.model, env.modules, base.train_set, base.tokenizer.pad_token_id, budget_rank(env.modules, strategy_budget(env)),

@@ -29,8 +29,8 @@ class Args(SearchArgs):
 
 
 def run(args: Args) -> dict[str, Any]:
+    from rankgym.budget import budget_rank
     from rankgym.strategies.growth import SCHEDULES, grow
-    from rankgym.strategies.peft_allocators import budget_rank
 
     if args.schedule not in SCHEDULES:
         raise ConfigError(f"unknown growth schedule {args.schedule!r}; use --set schedule={' | '.join(SCHEDULES)}")

@@ -56,3 +56,8 @@ def project(ranks: Sequence[int], modules: list[ModuleInfo], budget: int, min_ra
         else:
             hi = mid
     return _on_grid(ranks, lo, min_rank, rank_step)
+
+
+def budget_rank(modules: Sequence[ModuleInfo], budget_params: int) -> int:
+    """The uniform rank a parameter budget buys (at least 1): PEFT's allocators take a mean rank."""
+    return max(1, round(budget_params / sum(m.in_features + m.out_features for m in modules)))

@@ -7,10 +7,11 @@ from click.testing import CliRunner
 from peft.tuners.adalora import AdaLoraLayer
 from peft.tuners.lora import LoraLayer
 
+from rankgym.budget import budget_rank
 from rankgym.cli import main
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.recipe import Recipe
-from rankgym.strategies.peft_allocators import adalora_ranks, budget_rank, eva_ranks
+from rankgym.strategies.peft_allocators import adalora_ranks, eva_ranks
 
 
 @pytest.fixture

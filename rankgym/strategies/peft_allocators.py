@@ -20,11 +20,6 @@ from rankgym.tasks import Encoded
 from rankgym.training import batch_inputs, finetune, training_order
 
 
-def budget_rank(modules: Sequence[ModuleInfo], budget_params: int) -> int:
-    """The uniform rank a parameter budget buys (at least 1): PEFT's allocators take a mean rank."""
-    return max(1, round(budget_params / sum(m.in_features + m.out_features for m in modules)))
-
-
 def adalora_ranks(model: nn.Module, modules: Sequence[ModuleInfo], train: Encoded, validation: Encoded, pad_id: int,
                   target_rank: int, recipe: Recipe = Recipe(), seed: int = 0, init_ratio: float = 1.5) -> dict[str, int]:
     """Fine-tune ``model`` with PEFT's AdaLoRA (``init_ratio`` x ``target_rank`` at the start, pruned
