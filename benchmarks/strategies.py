@@ -125,6 +125,9 @@ def main() -> None:
             maps = {}
             for name in args.strategies:
                 label = f"{task}-{fraction:g}-{name}"
+                if name == "growth" and adapter_params(modules, [1] * len(modules)) > budget:
+                    print(f"{label}: skipped, growth starts every module at rank 1, over the budget", flush=True)
+                    continue
                 started = time.time()
                 if name in FIXED:
                     ranks, seconds, curve = fixed_map(name, modules, budget), 0.0, None
