@@ -1,7 +1,7 @@
 """Dynamic rank growth (the seed article, section 5.2): one fine-tune whose adapters grow by a
 schedule (``linear``, ``step`` or ``adaptive``); the final ranks are the map.
 
-    rankgym search RankSearch-minilm-rte-v0 --agent growth --set schedule=adaptive --param-budget 0.05
+    rankgym search RankSearch-minilm-rte-v0 --agent growth --set schedule=adaptive --param-budget 0.1
 
 ``linear`` and ``step`` grow every module alike from ``max_rank / 4`` to the uniform rank the budget
 buys (the env's ``--param-budget``, else the uniform map the env starts from), so their map is

@@ -11,7 +11,8 @@ modules at rank 1 cost exactly 12.5 %), every strategy proposes one map within t
   12.5 %), ``prilora``, ``presets`` (low), ``spectral`` (90 %), each projected onto the budget by
   the env's one rule;
 - one-shot strategies, run through ``rankgym search --agent NAME`` (their seconds are the run's):
-  ``adalora``, ``eva``, ``growth`` (adaptive), ``autolora``;
+  ``adalora``, ``eva``, ``growth`` (adaptive), ``autolora``; ``adalora`` and ``growth`` are skipped
+  below uniform rank 1's parameters, which they refuse;
 - searches of 64 elastic evaluations (ranks 0..16 in steps of 1, the adapter trained once per
   run): ``tpe``, ``ppo``, ``random``.
 
@@ -40,6 +41,7 @@ FIXED = ("uniform", "prilora", "presets", "spectral")
 ONE_SHOT = {"adalora": [], "eva": [], "growth": ["--set", "schedule=adaptive"], "autolora": []}
 SEARCHES = ("tpe", "ppo", "random")
 ALL = FIXED + tuple(ONE_SHOT) + SEARCHES
+AT_LEAST_RANK_1 = ("growth", "adalora")  # they refuse a budget below uniform rank 1 (see their agents)
 
 
 def env_of(task: str, budget: int, elastic: bool) -> tuple[str, list[str]]:
@@ -125,8 +127,8 @@ def main() -> None:
             maps = {}
             for name in args.strategies:
                 label = f"{task}-{fraction:g}-{name}"
-                if name == "growth" and adapter_params(modules, [1] * len(modules)) > budget:
-                    print(f"{label}: skipped, growth starts every module at rank 1, over the budget", flush=True)
+                if name in AT_LEAST_RANK_1 and adapter_params(modules, [1] * len(modules)) > budget:
+                    print(f"{label}: skipped, {name} needs at least uniform rank 1's parameters", flush=True)
                     continue
                 started = time.time()
                 if name in FIXED:

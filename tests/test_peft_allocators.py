@@ -60,3 +60,11 @@ def test_search_with_a_peft_allocator_scores_its_map_once(tmp_path, sst2_dir, ag
 def test_a_peft_allocator_refuses_the_fake_env(tmp_path):
     result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "eva", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "works on a real model" in result.output
+
+
+def test_adalora_refuses_a_budget_below_uniform_rank_1(tmp_path, sst2_dir):
+    # tiny: max_rank 16, so 0.05 of uniform-16 is 0.8 of uniform rank 1, below AdaLoRA's least (a whole target rank)
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "adalora", "--out", str(tmp_path / "r"),
+                                       "--no-promote", "--no-report", "--param-budget", "0.05", "--env", "train_examples=32",
+                                       "--env", "val_examples=32", "--env", "device='cpu'"])
+    assert result.exit_code == 2 and "AdaLoRA keeps at least uniform rank 1" in result.output and "raise --param-budget" in result.output
