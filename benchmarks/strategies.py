@@ -195,17 +195,23 @@ def plot(table: list[dict], out: Path) -> None:
     axes[1, 0].set_yscale("log")
     means = [t["mean"] for t in table]
     axes[0, 0].set_ylim(min(means) - 0.02, max(means) + 0.02)
-    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=min(len(strategies), 11), fontsize=8)
     ax = axes[1, 1]
-    params, metric = np.array([t["params"] for t in table]), np.array([t["mean"] for t in table])
-    for t in table:
-        ax.errorbar(t["params"], t["mean"], yerr=t["std"], fmt="o", color=colors[t["strategy"]], capsize=2)
-    front = sorted(pareto_front(params, metric), key=lambda i: params[i])
-    ax.plot(params[front], metric[front], "k--", lw=1, label="Pareto front")
+    tasks = sorted({t["task"] for t in table})
+    markers = dict(zip(tasks, "osD^v"))
+    for task in tasks:  # metrics of different tasks are not comparable: one front per task
+        rows = [t for t in table if t["task"] == task]
+        for t in rows:
+            ax.errorbar(t["params"], t["mean"], yerr=t["std"], fmt=markers[task], color=colors[t["strategy"]], capsize=2)
+        params, metric = np.array([t["params"] for t in rows]), np.array([t["mean"] for t in rows])
+        front = sorted(pareto_front(params, metric), key=lambda i: params[i])
+        ax.plot(params[front], metric[front], "--", color="k", marker=markers[task], mfc="none", lw=1, label=f"{task}: Pareto front")
     ax.set(xlabel="adapter parameters", ylabel="validation metric", title="metric against parameters")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    save(fig, out / "strategies")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the legend above the panels
+    for ext in ("png", "svg"):
+        fig.savefig((out / "strategies").with_suffix(f".{ext}"), dpi=120)
 
     searches = [t for t in table if t["run"]]
     if searches:
