@@ -161,8 +161,8 @@ def main() -> None:
     plot(table, out)
 
 
-def save(fig, stem: Path) -> None:
-    fig.tight_layout()
+def save(fig, stem: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    fig.tight_layout(rect=rect)
     for ext in ("png", "svg"):
         fig.savefig(stem.with_suffix(f".{ext}"), dpi=120)
 
@@ -209,9 +209,7 @@ def plot(table: list[dict], out: Path) -> None:
     ax.set(xlabel="adapter parameters", ylabel="validation metric", title="metric against parameters")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the legend above the panels
-    for ext in ("png", "svg"):
-        fig.savefig((out / "strategies").with_suffix(f".{ext}"), dpi=120)
+    save(fig, out / "strategies", rect=(0, 0, 1, 0.95))  # room for the legend above the panels
 
     searches = [t for t in table if t["run"]]
     if searches:
