@@ -215,16 +215,19 @@ def plot(table: list[dict], out: Path) -> None:
     if searches:
         import csv
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for t in searches:
-            with (Path(t["run"]) / "steps.csv").open() as f:
-                steps = list(csv.DictReader(f))
-            seconds = np.cumsum([float(r["seconds"] or 0) for r in steps])
-            best = np.maximum.accumulate([float(r["score"]) if r["score"] else -np.inf for r in steps])
-            ax.plot(seconds, best, label=f"{t['strategy']} ({t['task']} @ {t['fraction']:.1%})")
-        ax.set(xlabel="evaluation seconds", ylabel="best search score (elastic, score split)", title="searches: best so far")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        cells = sorted({(t["task"], t["fraction"]) for t in searches})
+        fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 3.6), squeeze=False)
+        for ax, (task, fraction) in zip(axes[0], cells):  # one panel per cell: scores of different tasks do not share a scale
+            for t in (t for t in searches if (t["task"], t["fraction"]) == (task, fraction)):
+                with (Path(t["run"]) / "steps.csv").open() as f:
+                    steps = list(csv.DictReader(f))
+                seconds = np.cumsum([float(r["seconds"] or 0) for r in steps])
+                best = np.maximum.accumulate([float(r["score"]) if r["score"] else -np.inf for r in steps])
+                ax.plot(seconds, best, color=colors[t["strategy"]], label=t["strategy"])
+            ax.set(xlabel="evaluation seconds", title=f"{task} @ {fraction:.1%}: best so far")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0, 0].set_ylabel("best search score (elastic, score split)")
         save(fig, out / "searches")
     print(f"wrote {out / 'table.md'}, {out / 'strategies.png'} (and .svg)")
 
