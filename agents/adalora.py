@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rankgym.errors import ConfigError
-from rankgym.evaluators.base import adapter_params
 from rankgym.recipe import Recipe
 from rankgym.run import SearchArgs, one_shot, parse_cli, strategy_budget
 
@@ -32,16 +30,10 @@ def run(args: Args) -> dict[str, Any]:
     from rankgym.strategies.peft_allocators import adalora_ranks
 
     recipe = Recipe(train_examples=args.train_examples)
-
-    def propose(env, base) -> dict[str, int]:
-        budget, least = strategy_budget(env), adapter_params(env.modules, [1] * len(env.modules))
-        if least > budget:
-            raise ConfigError(f"AdaLoRA keeps at least uniform rank 1's components ({least:,} parameters), over the budget of "
-                              f"{budget:,}; raise --param-budget")
-        return adalora_ranks(base.model, env.modules, base.train_set, base.val_set, base.tokenizer.pad_token_id,
-                             budget_rank(env.modules, budget), recipe, args.seed, args.init_ratio)
-
-    return one_shot(args, "adalora", recipe, propose)
+    return one_shot(args, "adalora", recipe, lambda env, base: adalora_ranks(
+        base.model, env.modules, base.train_set, base.val_set, base.tokenizer.pad_token_id,
+        budget_rank(env.modules, strategy_budget(env)), recipe, args.seed, args.init_ratio),
+        needs_rank_1="AdaLoRA keeps at least uniform rank 1's components")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import adapter_params
 from rankgym.recipe import Recipe
 from rankgym.run import SearchArgs, one_shot, parse_cli, strategy_budget
 
@@ -37,15 +36,13 @@ def run(args: Args) -> dict[str, Any]:
     recipe = Recipe(train_examples=args.train_examples)
 
     def propose(env, base) -> dict[str, int]:
-        budget, start = strategy_budget(env), adapter_params(env.modules, [1] * len(env.modules))
-        if start > budget:
-            raise ConfigError(f"growth starts every module at rank 1 ({start:,} parameters), over the budget of {budget:,}; raise --param-budget")
+        budget = strategy_budget(env)
         top = budget_rank(env.modules, budget)
         low, high = (1, env.max_rank) if args.schedule == "adaptive" else (max(1, top // 4), top)
         return grow(base.model, env.modules, base.train_set, base.val_set, base.tokenizer.pad_token_id, args.schedule, low, high,
                     budget, recipe, args.seed)
 
-    return one_shot(args, "growth", recipe, propose)
+    return one_shot(args, "growth", recipe, propose, needs_rank_1="growth starts every module at rank 1")
 
 
 if __name__ == "__main__":

@@ -313,13 +313,19 @@ def task_model(args: "SearchArgs", agent: str, recipe: Recipe):
     return build_evaluator(config)
 
 
-def one_shot(args: "SearchArgs", agent: str, recipe: Recipe, propose) -> dict[str, Any]:
+def one_shot(args: "SearchArgs", agent: str, recipe: Recipe, propose, needs_rank_1: str | None = None) -> dict[str, Any]:
     """A strategy that proposes one map from a real model (:func:`task_model`): ``propose(env, base)``
     returns its ranks by module name; the map is evaluated once, logged under ``agent``, and the
-    search finished (promoted) like any other."""
+    search finished (promoted) like any other. ``needs_rank_1`` (why, e.g. "growth starts every
+    module at rank 1") refuses a budget below uniform rank 1 before the model is loaded."""
+    from rankgym.evaluators.base import adapter_params
+
     started = time.time()
     args = replace(args, budget=1)  # one map, one evaluation
     run_dir, env, log, progress = open_search(args, agent)
+    least, budget = adapter_params(env.modules, [1] * len(env.modules)), strategy_budget(env)
+    if needs_rank_1 and least > budget:
+        raise ConfigError(f"{needs_rank_1} ({least:,} parameters), over the budget of {budget:,}; raise --param-budget")
     base = task_model(args, agent, recipe)
     ranks = propose(env, base)
     base.close()

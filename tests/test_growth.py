@@ -77,3 +77,9 @@ def test_growth_refuses_a_budget_below_rank_one_everywhere(tmp_path, sst2_dir):
     result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "growth", "--param-budget", "100",
                                        "--out", str(tmp_path / "r"), "--env", "device='cpu'"])
     assert result.exit_code == 2 and "raise --param-budget" in result.output
+
+
+def test_growth_refuses_a_budget_below_uniform_rank_1(tmp_path, sst2_dir):
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "growth", "--out", str(tmp_path / "r"),
+                                       "--no-promote", "--no-report", "--param-budget", "0.05", "--env", "device='cpu'"])
+    assert result.exit_code == 2 and "growth starts every module at rank 1" in result.output and "raise --param-budget" in result.output
