@@ -73,7 +73,9 @@ class BackboneSpec:
         """Full names of the modules this backbone adapts, in model order (the task head never)."""
         from rankgym.rankmap import module_shapes
 
-        names = [name for name in module_shapes(model) if name.split(".")[0] not in HEAD_NAMES]
+        heads = tuple(head_modules(model))
+        names = [name for name in module_shapes(model)
+                 if name.split(".")[0] not in HEAD_NAMES and not any(name.startswith(h + ".") for h in heads)]
         unmatched = [p for p in self.target_patterns if not any(_matches(p, n) for n in names)]
         if unmatched:
             raise BackboneError(f"target_modules {', '.join(map(repr, unmatched))} match no linear module of this model; "
@@ -308,6 +310,9 @@ def load_backbone(
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
+    for name, head in head_modules(model).items():
+        if "." in name:  # a pretrained part of the base model that trains with the head: init_head restores it
+            head.pretrained_state = {k: v.detach().float().clone() for k, v in head.state_dict().items()}
     if torch_dtype != torch.float32:
         for head in head_modules(model).values():
             head.float()
@@ -323,17 +328,38 @@ HEAD_NAMES = ("classifier", "score", "pooler")
 
 
 def head_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The task head(s) of a sequence-classification model."""
-    return {name: m for name, m in model.named_children() if name in HEAD_NAMES}
+    """The task head(s) of a sequence-classification model, by full name.
+
+    The classifier, and where the classifier reads BERT's pooler (a dense layer and tanh over the
+    [CLS] token, inside the base model), that pooler too: it trains with the head. Frozen, it is
+    what kept MiniLM from learning CoLA, RTE and MRPC (CoLA Matthews 0.000, a constant prediction;
+    0.146 with the pooler trained, rank 8, one epoch, score split): all-MiniLM-L6-v2 was tuned as a
+    mean-pooling sentence embedder and its pooler never saw that tuning. Training the pooler, not a
+    mean-pooled head, keeps the model a plain ``*ForSequenceClassification`` that PEFT loads
+    (``modules_to_save``); a mean-pooled head scored the same (0.148).
+    """
+    from torch import nn
+
+    heads = {name: m for name, m in model.named_children() if name in HEAD_NAMES}
+    prefix = getattr(model, "base_model_prefix", "")
+    pooler = getattr(getattr(model, prefix, None), "pooler", None) if prefix else None
+    if isinstance(pooler, nn.Module) and "classifier" in heads and "pooler" not in heads:
+        heads[f"{prefix}.pooler"] = pooler
+    return heads
 
 
 def init_head(model: nn.Module, generator: torch.Generator) -> None:
-    """Re-initialise the task head as transformers does (normal(0, initializer_range), bias 0), seeded."""
+    """Re-initialise the task head as transformers does (normal(0, initializer_range), bias 0), seeded;
+    a pretrained pooler goes back to its pretrained weights (:func:`load_backbone` keeps them)."""
     import torch
     from torch import nn
 
     std = getattr(model.config, "initializer_range", 0.02)
     for head in head_modules(model).values():
+        pretrained = getattr(head, "pretrained_state", None)
+        if pretrained is not None:
+            head.load_state_dict(pretrained)
+            continue
         for module in head.modules():
             if isinstance(module, nn.Linear):
                 with torch.no_grad():
@@ -341,7 +367,6 @@ def init_head(model: nn.Module, generator: torch.Generator) -> None:
                     module.weight.copy_(w)
                     if module.bias is not None:
                         module.bias.zero_()
-
 
 
 def module_infos(model: nn.Module, spec: BackboneSpec):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from rankgym.errors import ConfigError
+
 # The alpha policy evaluations use unless told otherwise. rsLoRA's scale alpha / sqrt(r) keeps the
 # size of an update about the same at every rank, so one learning rate suits every map: with
 # PEFT's alpha 8 / r, rank 2 (scale 4) collapsed to the majority class on one seed in three at the
@@ -22,7 +24,9 @@ class Recipe:
     maps under-trained.
 
     Attributes:
-        train_examples: examples seen in training (one pass over a seeded subset of that size).
+        train_examples: size of the seeded training subset (capped at the training pool).
+        epochs: passes over that subset, each in its own seeded order; the learning-rate schedule
+            spans all of them. Small tasks (RTE, MRPC, CoLA) need several: one pass is 70-240 steps.
         batch_size: training batch size.
         lr: AdamW learning rate for the adapters and the head.
         weight_decay: AdamW weight decay.
@@ -35,6 +39,7 @@ class Recipe:
     """
 
     train_examples: int = 8192
+    epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -44,5 +49,25 @@ class Recipe:
     eval_batch_size: int | None = None
     val_examples: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("train_examples", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The full recipe of each GLUE task where the default does not suit it (`rankgym finetune --task`,
+# promotion, the elastic adapter), chosen on the score split by benchmarks/recipes.py (README,
+# "A recipe per task"). The small tasks need several epochs: one pass over RTE is 70 steps.
+TASK_RECIPES: dict[str, dict] = {}
+
+
+def full_recipe(task: str, **overrides) -> Recipe:
+    """The full recipe of ``task`` (its :data:`TASK_RECIPES` entry over the defaults), with the
+    ``overrides`` that are not None on top: what a user typed wins over the task's choice."""
+    return Recipe(**{**TASK_RECIPES.get(task, {}), **{k: v for k, v in overrides.items() if v is not None}})

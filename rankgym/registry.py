@@ -14,7 +14,7 @@ import gymnasium as gym
 
 from rankgym.backbones import BACKBONES
 from rankgym.errors import ConfigError
-from rankgym.recipe import ALPHA_POLICY, Recipe
+from rankgym.recipe import ALPHA_POLICY, Recipe, full_recipe
 from rankgym.tasks import TASKS
 
 ENTRY_POINT = "rankgym.registry:make_rank_search_env"
@@ -145,9 +145,11 @@ def register_envs() -> None:
 
 
 def recipe_of(config: EnvConfig) -> Recipe:
-    """The training recipe of one environment step."""
-    return Recipe(train_examples=config.train_examples, batch_size=config.batch_size, lr=config.lr,
-                  max_grad_norm=config.max_grad_norm, val_examples=config.val_examples)
+    """The training recipe of one environment step: the env's short budget (one pass), with the
+    task's own full-recipe settings otherwise (its max_length)."""
+    recipe = full_recipe(config.task, train_examples=config.train_examples, epochs=1, batch_size=config.batch_size, lr=config.lr,
+                         val_examples=config.val_examples)
+    return replace(recipe, max_grad_norm=config.max_grad_norm)  # None is a value here: no clipping
 
 
 def alpha_policy_of(config: EnvConfig) -> dict[str, Any]:
@@ -182,8 +184,9 @@ def build_evaluator(config: EnvConfig, k: int = 1):
 
         from rankgym.evaluators.elastic import ElasticEvaluator
 
-        # one long training run, like a full fine-tune: the full recipe's learning rate
-        common["recipe"] = replace(common["recipe"], train_examples=config.elastic_examples, lr=Recipe.lr)
+        # one long training run, like a full fine-tune: the task's full recipe (its learning rate and epochs) on elastic_examples
+        common["recipe"] = replace(full_recipe(config.task, train_examples=config.elastic_examples, batch_size=config.batch_size,
+                                               val_examples=config.val_examples), max_grad_norm=config.max_grad_norm)
         cache = Path(config.store).parent / "elastic" if config.store and config.store != ":memory:" else None
         return ElasticEvaluator(min_rank=config.min_rank, rank_step=config.rank_step, sandwich=config.sandwich, cache_dir=cache, **common)
     if config.evaluator == "batched":

@@ -58,8 +58,10 @@ def training_subset(size: int, recipe: Recipe, seed: int) -> list[int]:
     return torch.randperm(size, generator=g)[: min(recipe.train_examples, size)].tolist()
 
 
-def training_order(data: Encoded, batch_size: int, seed: int) -> list[list[int]]:
-    """One pass over ``data`` in batches grouped by length, the batches in seeded order."""
+def training_order(data: Encoded, batch_size: int, seed: int, epochs: int = 1) -> list[list[int]]:
+    """``epochs`` passes over ``data`` in batches grouped by length, the batches of each pass in seeded order."""
+    if epochs > 1:
+        return [batch for epoch in range(epochs) for batch in training_order(data, batch_size, seed + 7919 * epoch)]
     g = torch.Generator().manual_seed(seed + 1)
     # Mega-batches of 50 batches, transformers' cap, at every size: its rule for small sets (4
     # mega-batches) leaves 20 % padding at 1,024 SST-2 examples, against 6 % here.
@@ -224,7 +226,7 @@ def finetune_copies(
     start = time.perf_counter()
     device = _device_of(model)
     torch.manual_seed(seed)  # dropout masks
-    batches = training_order(train, recipe.batch_size, seed)
+    batches = training_order(train, recipe.batch_size, seed, recipe.epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
     warmup = max(1, int(recipe.warmup * len(batches)))

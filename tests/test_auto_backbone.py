@@ -127,3 +127,34 @@ def test_the_cli_and_the_auto_env_ids(task, tmp_path):
     assert "RankSearch-auto-sst2-v0" in listed.output and "model_name_or_path" in listed.output
     missing = CliRunner().invoke(main, ["finetune", "--backbone", "auto", "--uniform", "2"])
     assert missing.exit_code == 2 and "--model-name-or-path" in missing.output
+
+
+def test_bert_pooler_trains_with_the_head_and_starts_pretrained_at_every_evaluation(task, tmp_path):
+    path = saved_model(tmp_path / "bert", CONFIGS["bert"]())
+    pretrained = AutoModelForSequenceClassification.from_pretrained(path).bert.pooler.dense.weight.detach().clone()
+    evaluator = FinetuneEvaluator("auto", task, RECIPE, seed=1, device="cpu", max_rank=4, model_name_or_path=path)
+    rank_map = evaluator.template().replace({m.name: 2 for m in evaluator.modules})
+    first = evaluator.evaluate(rank_map)
+    pooler = evaluator.model.bert.pooler.dense.weight
+    assert pooler.requires_grad and not torch.equal(pooler.detach(), pretrained)  # it trained
+    assert evaluator.evaluate(rank_map).metric == first.metric  # and started from the checkpoint's weights again
+    assert all("pooler" not in m.name for m in evaluator.modules)  # a head, never a LoRA target
+
+
+@pytest.mark.parametrize("family,dtype", [("bert", "fp32"), ("roberta", "bf16")])
+def test_batched_evaluator_on_encoder_heads_equals_the_single_one(family, dtype, task, tmp_path):
+    from rankgym.evaluators.batched import BatchedEvaluator
+
+    path = saved_model(tmp_path / family, CONFIGS[family]())
+    common = dict(backbone="auto", task=task, recipe=RECIPE, seed=3, device="cpu", max_rank=4, model_name_or_path=path, dtype=dtype)
+    single, batched = FinetuneEvaluator(**common), BatchedEvaluator(k=2, **common)
+    maps = [single.template().replace({m.name: r for m in single.modules}) for r in (2, 4)]
+    alone = []
+    for m in maps:
+        evaluation = single.evaluate(m)
+        alone.append((evaluation, single.last_result.losses))
+    together = batched.evaluate_many(maps)
+    tolerance = 1e-5 if dtype == "fp32" else 2e-2  # bf16 rounds a batch of two differently from a batch of one
+    for (evaluation, losses), result, joint in zip(alone, batched.last_results, together):
+        assert joint.error is None
+        torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(losses), rtol=0, atol=tolerance)

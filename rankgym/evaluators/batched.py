@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import torch
+from torch import nn
 
 from rankgym.backbones import head_modules
 from rankgym.evaluators.base import Evaluation
@@ -30,7 +31,7 @@ class BatchedEvaluator(FinetuneEvaluator):
     """
 
     name = "batched"
-    version = 3  # as finetune v3
+    version = 4  # as finetune v4
 
     def __init__(self, *args: Any, k: int = 4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -43,11 +44,15 @@ class BatchedEvaluator(FinetuneEvaluator):
             layer = BatchedLoRALayer(getattr(parent, child), k, self.max_rank, **policy).to(self.device)
             setattr(parent, child, layer)
             self.layers[info.name] = layer
-        self.heads: list[BatchedLinear] = []
+        self.heads: list[BatchedLinear] = []  # every linear layer of the head, in init_head's order
         for name, head in head_modules(self.model).items():
-            batched = BatchedLinear(head, k).to(self.device)
-            setattr(self.model, name, batched)
-            self.heads.append(batched)
+            pretrained = getattr(head, "pretrained_state", None) is not None
+            for leaf_name, leaf in [(n, m) for n, m in head.named_modules() if isinstance(m, nn.Linear)]:
+                full = f"{name}.{leaf_name}" if leaf_name else name
+                parent_name, _, child = full.rpartition(".")
+                batched = BatchedLinear(leaf, k, pretrained).to(self.device)
+                setattr(self.model.get_submodule(parent_name), child, batched)
+                self.heads.append(batched)
         for p in self.model.parameters():
             p.requires_grad_(False)
         for module in [*self.layers.values(), *self.heads]:
@@ -84,6 +89,11 @@ class BatchedEvaluator(FinetuneEvaluator):
         with torch.no_grad():
             for head in self.heads:
                 head.active = len(rank_maps)
+                if head.initial is not None:
+                    head.weight.copy_(head.initial[0])
+                    if head.bias is not None:
+                        head.bias.copy_(head.initial[1])
+                    continue
                 for i, g in enumerate(generators):
                     head.weight[i] = torch.empty(head.out_features, head.in_features).normal_(0.0, std, generator=g).to(head.weight)
                 if head.bias is not None:

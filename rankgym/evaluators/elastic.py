@@ -56,7 +56,7 @@ class ElasticEvaluator(FinetuneEvaluator):
     """
 
     name = "elastic"
-    version = 2  # 2: factors seeded per module, scoring on merged weights
+    version = 3  # 3: BERT's pooler trains with the head; 2: factors seeded per module, scoring on merged weights
 
     def __init__(self, *args: Any, min_rank: int = 0, rank_step: int = 2, sandwich: bool = True,
                  cache_dir: str | Path | None = None, **kwargs: Any) -> None:

@@ -28,7 +28,7 @@ class WarmStartEvaluator(FinetuneEvaluator):
     """
 
     name = "warmstart"
-    version = 3  # as finetune v3
+    version = 4  # as finetune v4
     cacheable = False  # a result depends on the episode's history, and a hit would skip training the adapters
 
     def __init__(self, *args: Any, warm_examples: int | None = None, **kwargs: Any) -> None:

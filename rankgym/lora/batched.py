@@ -66,17 +66,24 @@ class BatchedLoRALayer(nn.Module):
 
 
 class BatchedLinear(nn.Module):
-    """``k`` independent copies of a task head (an ``nn.Linear``), one per slice of the batch."""
+    """``k`` independent copies of a task head's linear layer (fp32), one per slice of the batch.
 
-    def __init__(self, head: nn.Linear, k: int) -> None:
+    ``pretrained``: every copy starts from the layer's own weights (a pretrained pooler), kept in
+    ``initial``; otherwise the evaluator draws each copy's start.
+    """
+
+    def __init__(self, head: nn.Linear, k: int, pretrained: bool = False) -> None:
         super().__init__()
         self.k, self.in_features, self.out_features = k, head.in_features, head.out_features
-        self.weight = nn.Parameter(head.weight.detach()[None].repeat(k, 1, 1).clone())
-        self.bias = nn.Parameter(head.bias.detach()[None].repeat(k, 1).clone()) if head.bias is not None else None
+        weight, bias = head.weight.detach().float(), head.bias.detach().float() if head.bias is not None else None
+        self.weight = nn.Parameter(weight[None].repeat(k, 1, 1).clone())
+        self.bias = nn.Parameter(bias[None].repeat(k, 1).clone()) if bias is not None else None
+        self.initial = (weight.clone(), bias.clone() if bias is not None else None) if pretrained else None
         self.active = k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, n = x.shape[:-1], self.active
+        x = x.to(self.weight.dtype)  # a bf16 or fp16 base feeds the fp32 head
         y = torch.bmm(x.reshape(n, -1, self.in_features), self.weight[:n].transpose(1, 2))
         if self.bias is not None:
             y = y + self.bias[:n, None, :]
