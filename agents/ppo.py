@@ -12,8 +12,9 @@ never sees the whole model, so one policy acts on any backbone, whatever its mod
 The shipped policy (``rankgym/data/ppo-modules.zip``) was trained by :func:`pretrain` on calibrated
 and separable fake environments of 2-8 blocks, widths 128-384, budgets of 10-70 % and seeds from
 100 on: never the benchmark's seeds (0-9, 1000-1009) nor its unseen size (10 blocks, width 512).
-A search evaluates the policy's most likely map first, then keeps learning on the target
-(``--pretrained none`` starts from a random policy instead).
+A search evaluates the policy's most likely map first and, under a parameter budget, the free
+heuristics at it (uniform, PRILoRA, EVA), then keeps learning on the target (``--pretrained none``
+starts from a random policy instead).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 import rankgym
 from rankgym.errors import ConfigError
-from rankgym.run import SearchArgs, evaluate_ranks, finish_search, open_search, parse_cli
+from rankgym.run import SearchArgs, evaluate_batch, evaluate_ranks, finish_search, heuristic_starts, open_search, parse_cli
 
 SHIPPED = Path(rankgym.__file__).parent / "data" / "ppo-modules.zip"
 
@@ -87,6 +88,11 @@ def run(args: Args) -> dict[str, Any]:
         while not finished:
             action, _ = model.predict(obs, deterministic=True)
             obs, _, finished, _, _ = alloc.step(int(action))
+    # beside the policy's first map, the free heuristics at the budget: the answer is never behind them
+    starts = heuristic_starts(env)[: max(0, args.budget - len(done))]
+    if starts:
+        evaluate_batch(env, log, progress, [ranks for _, ranks in starts], [label for label, _ in starts])
+        done.extend(1 for _ in starts)
 
     class Budget(BaseCallback):
         """Stop once the search has spent its evaluations (episodes end exactly at a multiple of the module count)."""

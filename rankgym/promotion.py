@@ -1,12 +1,19 @@
 """Promotion, the answer of every search: the top maps retrained from scratch and validated.
 
 A search ranks maps by a cheap score on examples held out of training; the best of many noisy
-scores flatters its winner. So the top ``top_k`` distinct maps by search score, and the map every
-episode starts from (uniform at the env's initial rank), are retrained with the full recipe
-(``rankgym finetune``'s defaults at ``examples`` training examples, the env's alpha policy) with seeds
-0 .. ``seeds`` - 1 and validated on the validation split, which the search never read. The winner
-is the best promoted map by mean validation score (metric - lam * cost, as the search scored).
-Each retrain is a stored evaluation, so a killed promotion resumes without retraining.
+scores flatters its winner. So the top ``top_k`` distinct maps by search score, the map every
+episode starts from (uniform at the env's initial rank, or at the budget), and under a parameter
+budget the free heuristics at that budget (PRILoRA's depth schedule and PEFT's EVA, see
+:mod:`rankgym.strategies.heuristics`) are retrained with the task's full recipe
+(:func:`rankgym.recipe.full_recipe`, the env's alpha policy) with seeds 0 .. ``seeds`` - 1.
+
+Each retrain is scored twice: on the score split (held out of training) and on the validation
+split, which the search never read. The winner is chosen on the score split (metric - lam * cost,
+as the search scored) and its validation numbers are reported, so the reported number is not the
+maximum of the numbers that chose it. A tie is a tie: every candidate whose score-split mean is
+within the seed spread of the leader's (the larger of the two standard deviations) ties with it,
+and of those the one with the fewest adapter parameters is the answer. Each retrain is a stored
+evaluation (one per split), so a killed promotion resumes without retraining.
 
 The winner's seed-0 retrain is kept as a trained PEFT adapter (``adapter_dir``): every seed-0
 retrain is saved as it finishes, the winner's is kept and the others are dropped; where the store
@@ -16,6 +23,7 @@ retrained once more, which gives the same adapter.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -38,16 +46,20 @@ class Promotion:
     Attributes:
         top_k: distinct maps to retrain, best search score first (0 turns promotion off).
         seeds: seeds 0 .. seeds - 1 for every retrain.
-        examples: training examples of a retrain (the full recipe).
+        examples: training examples of a retrain (None: the task's full recipe, :func:`rankgym.recipe.full_recipe`).
+        heuristics: also retrain the free heuristics at the search's parameter budget (PRILoRA, EVA).
     """
 
     top_k: int = 3
     seeds: int = 3
-    examples: int = 8192
+    examples: int | None = None
+    heuristics: bool = True
 
 
-def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int]) -> list[dict[str, Any]]:
-    """The ``top_k`` distinct maps of a step log by search score, then the initial map (once)."""
+def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
+               extra: list[tuple[str, dict[str, int]]] = ()) -> list[dict[str, Any]]:
+    """The ``top_k`` distinct maps of a step log by search score, then the initial map and the
+    ``extra`` (label, ranks) maps, each once: a map already chosen gets the other's name beside its own."""
     seen: set[str] = set()
     chosen = []
     for row in sorted((r for r in rows if r["error"] is None and r["score"] is not None), key=lambda r: -r["score"]):
@@ -60,34 +72,61 @@ def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int]) 
                        "search_metric": row["metric"], "search_score": row["score"]})
         if len(chosen) == top_k:
             break
-    key = json.dumps(initial, sort_keys=True)
-    ranks = set(initial.values())
-    name = f"uniform-{ranks.pop()}" if len(ranks) == 1 else "initial map"
-    match = next((c for c in chosen if json.dumps(c["ranks"], sort_keys=True) == key), None)
-    if match:
-        match["label"] += f" (= {name})"
-    else:
+    for name, ranks in [(_initial_name(initial), initial), *extra]:
+        key = json.dumps(ranks, sort_keys=True)
+        match = next((c for c in chosen if json.dumps(c["ranks"], sort_keys=True) == key), None)
+        if match:
+            match["label"] += f" (= {name})"
+            continue
         logged = next((r for r in rows if json.dumps(json.loads(r["rank_map"]), sort_keys=True) == key and r["error"] is None), None)
-        chosen.append({"label": name, "ranks": initial, "search_metric": logged and logged["metric"],
+        chosen.append({"label": name, "ranks": ranks, "search_metric": logged and logged["metric"],
                        "search_score": logged and logged["score"]})
     return chosen
 
 
+def _initial_name(initial: dict[str, int]) -> str:
+    ranks = set(initial.values())
+    return f"uniform-{ranks.pop()}" if len(ranks) == 1 else "initial map"
+
+
+def choose(table: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the winner, the labels tied with it) by score-split promoted score.
+
+    The leader has the best ``choice`` (score-split mean - lam * cost); every row whose choice is
+    within the larger of the two score-split standard deviations of the leader's ties with it, and
+    the tied row with the fewest adapter parameters wins (then the better choice).
+    """
+    ranked = [row for row in table if math.isfinite(row["choice"])]
+    if not ranked:
+        return None, []
+    leader = max(ranked, key=lambda row: row["choice"])
+    tied = [row for row in ranked if leader["choice"] - row["choice"] <= max(leader["score_std"], row["score_std"])]
+    winner = min(tied, key=lambda row: (row["params"], -row["choice"]))
+    return winner, [row["label"] for row in tied if row is not winner]
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    return (statistics.fmean(finite) if finite else math.nan), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
+
+
 def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any], store_path: str | Path,
             promotion: Promotion, progress: bool = True, adapter_dir: str | Path | None = None) -> dict[str, Any] | None:
-    """Retrain and validate the candidates of a finished search; None where nothing can be retrained.
+    """Retrain and score the candidates of a finished search; None where nothing can be retrained.
 
-    Returns the promotion table: recipe, seeds, one row per map (parameters, search score,
-    validation values per seed, mean, standard deviation, promoted score) and the winner's label.
-    With ``adapter_dir``, the winner's seed-0 retrain is saved there as a PEFT adapter.
+    Returns the promotion table: recipe, seeds, which split chose and which reports, one row per
+    map (parameters, search score, score-split and validation values per seed with their means and
+    standard deviations, the choice it was ranked by), the winner's label and the labels tied with
+    it. With ``adapter_dir``, the winner's seed-0 retrain is saved there as a PEFT adapter.
     """
     import gymnasium as gym
 
     from rankgym.budget import budget_params, default_lam, project
     from rankgym.evaluators.base import Evaluation, adapter_params
-    from rankgym.recipe import Recipe
+    from rankgym.recipe import full_recipe
     from rankgym.registry import EnvConfig
     from rankgym.store import EvaluationStore
+    from rankgym.strategies.heuristics import heuristic_maps
 
     spec_kwargs = {k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"}
     config = EnvConfig.from_kwargs({**spec_kwargs, **env_kwargs}, env_id)
@@ -99,53 +138,67 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     initial = config.initial_map or {n: config.initial_rank for n in names}
     initial = [int(initial.get(n, 0)) for n in names]
     reference = adapter_params(modules, [config.max_rank] * len(modules))
+    extra = []
     if config.param_budget is not None:  # the uniform map competes at the search's budget, as the env starts from it
-        initial = project(initial, modules, budget_params(config.param_budget, reference), config.min_rank, config.rank_step).tolist()
+        budget = budget_params(config.param_budget, reference)
+        initial = project(initial, modules, budget, config.min_rank, config.rank_step).tolist()
+        if promotion.heuristics:
+            extra = heuristic_maps(config, modules, budget, Path(store_path).parent / "heuristics.json")
     lam = default_lam(config.param_budget) if config.lam is None else config.lam
-    chosen = candidates(rows, promotion.top_k, dict(zip(names, initial)))
-    recipe = Recipe(train_examples=promotion.examples)  # the full recipe: what `rankgym finetune` trains
+    chosen = candidates(rows, promotion.top_k, dict(zip(names, initial)), extra)
+    recipe = full_recipe(config.task, train_examples=promotion.examples)  # what `rankgym finetune --task` trains
     bar = tqdm(total=len(chosen) * promotion.seeds, desc="promotion", unit="retrain", disable=not progress)
     staging = Path(adapter_dir).with_name(Path(adapter_dir).name + ".candidates") if adapter_dir is not None else None
     values: list[list[float]] = [[] for _ in chosen]
+    scores: list[list[float]] = [[] for _ in chosen]
     errors: list[list[str]] = [[] for _ in chosen]
     metric = None
     for seed in range(promotion.seeds):
         evaluator = _retrainer(config, recipe, seed, max(max(c["ranks"].values()) for c in chosen))
         metric = evaluator.data.metric
         context = store.register(evaluator.identity(), evaluator.modules)
+        score_context = store.register(evaluator.score_identity(), evaluator.modules)
         template = evaluator.template()
         for i, candidate in enumerate(chosen):
             rank_map = template.replace(candidate["ranks"])
-            evaluation = store.get(context, rank_map)
-            if evaluation is None:
+            evaluation, scored = store.get(context, rank_map), store.get(score_context, rank_map)
+            if evaluation is None or scored is None:
                 try:
-                    evaluation = evaluator.evaluate(rank_map)
+                    evaluation, scored = evaluator.evaluate_both(rank_map)
                     if adapter_dir is not None and seed == 0 and any(rank_map.ranks.values()):
-                        evaluator.save_peft_adapter(staging / str(i), rank_map)
+                        evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
                 except Exception as err:  # a failed retrain is reported in the table (and stored), not fatal
-                    evaluation = Evaluation(math.nan, adapter_params(modules, candidate["ranks"]), 0.0, error=f"{type(err).__name__}: {err}")
+                    evaluation = scored = Evaluation(math.nan, adapter_params(modules, candidate["ranks"]), 0.0,
+                                                     error=f"{type(err).__name__}: {err}")
                 evaluation = store.put(context, rank_map, evaluation)
+                scored = store.put(score_context, rank_map, scored)
             if evaluation.error:
                 errors[i].append(f"seed {seed}: {evaluation.error}")
             values[i].append(evaluation.metric)
+            scores[i].append(scored.metric)
             bar.update(1)
         evaluator.close()
     bar.close()
 
     table = []
-    for candidate, vals, errs in zip(chosen, values, errors):
-        finite = [v for v in vals if math.isfinite(v)]
+    for candidate, vals, score_vals, errs in zip(chosen, values, scores, errors):
         params = adapter_params(modules, candidate["ranks"])
-        mean = statistics.fmean(finite) if finite else math.nan
-        table.append({**candidate, "params": params, "values": vals, "mean": mean,
-                      "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-                      "score": mean - lam * params / reference, "errors": errs})
-    ranked = [row for row in table if math.isfinite(row["score"])]
-    winner = max(ranked, key=lambda row: row["score"]) if ranked else None
+        mean, std = _summary(vals)
+        score_mean, score_std = _summary(score_vals)
+        table.append({**candidate, "params": params, "values": vals, "mean": mean, "std": std,
+                      "score_values": score_vals, "score_mean": score_mean, "score_std": score_std,
+                      "choice": score_mean - lam * params / reference, "errors": errs})
+    winner, tied = choose(table)
     if adapter_dir is not None and winner is not None and any(winner["ranks"].values()):
-        _keep_winner_adapter(Path(adapter_dir), staging, table.index(winner), winner, config, recipe)
-    return {"recipe": recipe.to_dict(), "seeds": list(range(promotion.seeds)), "split": "validation", "lam": lam,
-            "metric": metric, "rows": table, "winner": winner and winner["label"]}
+        _keep_winner_adapter(Path(adapter_dir), staging, winner, config, recipe)
+    return {"recipe": recipe.to_dict(), "seeds": list(range(promotion.seeds)), "split": "validation", "chosen_on": "score",
+            "reported_on": "validation", "lam": lam, "metric": metric, "rows": table, "winner": winner and winner["label"],
+            "tied": tied}
+
+
+def _stage_key(ranks: dict[str, int]) -> str:
+    """A staged adapter's folder name: a hash of its map, so no other map's adapter is ever kept for it."""
+    return hashlib.sha1(json.dumps(ranks, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _retrainer(config, recipe, seed: int, max_rank: int):
@@ -159,10 +212,10 @@ def _retrainer(config, recipe, seed: int, max_rank: int):
                              **alpha_policy_of(config))
 
 
-def _keep_winner_adapter(adapter_dir: Path, staging: Path, index: int, winner: dict[str, Any], config, recipe) -> None:
+def _keep_winner_adapter(adapter_dir: Path, staging: Path, winner: dict[str, Any], config, recipe) -> None:
     import shutil
 
-    saved = staging / str(index)
+    saved = staging / _stage_key(winner["ranks"])
     if saved.is_dir():
         shutil.rmtree(adapter_dir, ignore_errors=True)
         saved.rename(adapter_dir)

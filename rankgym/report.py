@@ -189,12 +189,16 @@ def promotion_tables(runs: list[dict[str, Any]]) -> list[tuple[str, list[str], l
         promotion = run["summary"].get("promotion")
         if not promotion:
             continue
-        head = ["map", "adapter params", "search metric", f"validation {promotion['metric']} (mean ± std)", "per seed", ""]
+        head = ["map", "adapter params", "search metric", f"score split {promotion['metric']} (chooses)",
+                f"validation {promotion['metric']} (mean ± std)", "per seed", ""]
+        tied = promotion.get("tied", [])
         body = [[row["label"], f"{row['params']:,}", "" if row["search_metric"] is None else f"{row['search_metric']:.4f}",
+                 f"{row['score_mean']:.4f} ± {row['score_std']:.4f}" if "score_mean" in row else "",
                  f"{row['mean']:.4f} ± {row['std']:.4f}", ", ".join(f"{v:.4f}" for v in row["values"]),
-                 "winner" if row["label"] == promotion["winner"] else ""] for row in promotion["rows"]]
+                 "winner" if row["label"] == promotion["winner"] else ("ties" if row["label"] in tied else "")]
+                for row in promotion["rows"]]
         title = (f"Promotion of {run['name']}: retrained with seeds {promotion['seeds']} on "
-                 f"{promotion['recipe']['train_examples']:,} examples, validated on the validation split")
+                 f"{promotion['recipe']['train_examples']:,} examples, chosen on the score split, reported on the validation split")
         tables.append((title, head, body))
     return tables
 

@@ -241,12 +241,14 @@ class RunDir:
             "initial_uniform_rank": _uniform_rank(start),
             "promotion": table,
             "adapter": str(self.adapter_path) if self.adapter_path.is_dir() else None,
+            "headroom": read_json(self.path / HEADROOM_FILE) if (self.path / HEADROOM_FILE).is_file() else None,
             "pool": pool,  # a Ray search's evaluations per worker and utilisation
         }
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
 
+HEADROOM_FILE = "headroom.json"
 CONFIG_FIELDS = {"env_id": str, "agent": str, "budget": int, "seed": int, "env_kwargs": dict}
 
 
@@ -256,7 +258,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not config_file.is_file():
         raise ConfigError(f"{path} holds no config.json: is it a run folder written by `rankgym search`?")
     config = require(read_json(config_file, "a run's config.json"), config_file, CONFIG_FIELDS, "a run's config.json")
-    optional = {"hyperparams": dict, "n_envs": int, "devices": list, "promote": int, "promote_seeds": int, "promote_examples": int}
+    optional = {"hyperparams": dict, "n_envs": int, "devices": list, "promote": int, "promote_seeds": int,
+                "promote_examples": (int, type(None))}
     require(config, config_file, {k: v for k, v in optional.items() if k in config}, "a run's config.json")
     return config
 
@@ -274,7 +277,46 @@ def open_search(args: "SearchArgs", agent: str):
     out = args.out or run_folder(args.env_id, agent, args.seed)
     run_dir = RunDir(out, {"agent": agent, **args.config()}, resume=args.resume)
     env = gym.make(args.env_id, **args.env_kwargs_for_run(str(run_dir.store_path))).unwrapped
+    report_headroom(run_dir, env)
     return run_dir, env, run_dir.log(allow_divergence=args.allow_divergence), Progress(args.budget, f"{agent} {args.env_id}")
+
+
+def report_headroom(run_dir: "RunDir", env) -> None:
+    """Under a budget with the elastic evaluator, say first whether the budget binds (:mod:`rankgym.headroom`),
+    from the search's own adapter (seconds); kept in the run folder for summary.json."""
+    from rankgym.evaluators.elastic import ElasticEvaluator
+    from rankgym.headroom import headroom_maps, measure, summarise
+
+    path = run_dir.path / HEADROOM_FILE
+    if env.budget is None or not isinstance(env.evaluator, ElasticEvaluator):
+        return
+    if not path.is_file():
+        scores = measure(env.evaluator, env.config, env.budget)
+        found = summarise(scores, headroom_maps(env.config, env.modules, env.budget)[1], [env.evaluator.seed], env.budget,
+                          env.reference_params)
+        path.write_text(json.dumps(found.to_dict(), indent=2) + "\n")
+    found = read_json(path, "a run's headroom.json")
+    tqdm.write(f"headroom: {found['sentence']}")
+
+
+def heuristic_starts(env) -> list[tuple[str, list[int]]]:
+    """The free heuristics at the env's parameter budget, as (label, ranks in module order) on its grid.
+
+    The uniform map the env starts from (at the budget), PRILoRA's and, on a real model, EVA's map
+    (:mod:`rankgym.strategies.heuristics`, kept beside the store). Searches evaluate them first, so a
+    search's best score is never behind them; none without a ``param_budget``.
+    """
+    from rankgym.strategies.heuristics import heuristic_maps
+
+    if env.budget is None:
+        return []
+    config = env.config
+    rank = set(env.initial.tolist())
+    starts = [(f"uniform-{rank.pop()}" if len(rank) == 1 else "initial map", env.initial.tolist())]
+    store = config.store if config.store and config.store != ":memory:" else None
+    maps = heuristic_maps(config, env.modules, env.budget, Path(store).parent / "heuristics.json" if store else None,
+                          eva=config.evaluator != "fake")  # the fake envs have no model to probe
+    return starts + [(label, [ranks[n] for n in env.names]) for label, ranks in maps]
 
 
 def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | None = None) -> dict[str, Any]:
@@ -352,7 +394,7 @@ class SearchArgs:
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # gym.make overrides (--env KEY=VALUE)
     promote: int = 3  # distinct top maps retrained with the full recipe at the end (0: no promotion)
     promote_seeds: int = 3  # seeds of every promotion retrain
-    promote_examples: int = 8192  # training examples of a promotion retrain
+    promote_examples: int | None = None  # training examples of a promotion retrain (None: the task's full recipe)
     retry_failed: bool = False  # evaluate stored failures again (e.g. a transient out-of-memory) when resuming
     allow_divergence: bool = False  # a resumed run that differs from its log replaces the log from there on
 

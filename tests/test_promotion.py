@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 
 from rankgym.backbones import load_backbone
 from rankgym.cli import main
-from rankgym.promotion import candidates
+from rankgym.evaluators.finetune import FinetuneEvaluator
+from rankgym.promotion import candidates, choose
 from rankgym.rankmap import RankMap
+from rankgym.recipe import Recipe
 
 TINY_FAST = ["--env", "train_examples=32", "--env", "val_examples=32", "--env", "device='cpu'"]
 
@@ -55,7 +57,12 @@ def test_promotion_retrains_with_the_seeds_and_matches_rankgym_finetune(tmp_path
         assert finetune_metric(tmp_path, sst2_dir, seed, "--rank-map", str(run / "best_rank_map.json")) == winner["values"][seed]
     uniform = table["rows"][1]
     assert finetune_metric(tmp_path, sst2_dir, 1, "--uniform", "4") == uniform["values"][1]
-    assert winner["score"] == max(row["score"] for row in table["rows"])
+    # chosen on the score split: each retrain's score there is what a finetune evaluator scoring that split gives
+    assert table["chosen_on"] == "score" and table["reported_on"] == "validation"
+    evaluator = FinetuneEvaluator("tiny", "sst2", Recipe(train_examples=64), seed=1, device="cpu", max_rank=8, score_on="score",
+                                  data_dir=str(sst2_dir))
+    assert evaluator.evaluate(evaluator.template().replace(uniform["ranks"])).metric == uniform["score_values"][1]
+    assert winner is choose(table["rows"])[0] or winner == choose(table["rows"])[0]
 
     # the run keeps the winner's trained adapter: exactly what `rankgym finetune --seed 0 --peft-out` writes, and PEFT loads it
     adapter = run / "peft_adapter"
@@ -107,3 +114,55 @@ def test_candidates_are_distinct_best_first_and_end_with_the_initial_map():
     assert chosen[-1]["search_score"] == 0.5  # the initial map's own search score, found in the log
     again = candidates(rows, 3, {"a": 2, "b": 2})
     assert [c["label"] for c in again] == ["search #1", "uniform-8", "search #3 (= uniform-2)"]
+
+
+def promoted_row(label, params, score_values, values):
+    std = statistics.stdev(score_values) if len(score_values) > 1 else 0.0
+    return {"label": label, "params": params, "score_values": score_values, "score_mean": statistics.fmean(score_values),
+            "score_std": std, "choice": statistics.fmean(score_values), "values": values}
+
+
+def test_the_winner_is_chosen_on_the_score_split_not_on_validation():
+    # the two splits disagree: b leads on validation by far, a on the score split beyond both spreads
+    a = promoted_row("a", 100, [0.80, 0.81, 0.82], [0.60, 0.61, 0.62])
+    b = promoted_row("b", 200, [0.70, 0.71, 0.72], [0.90, 0.91, 0.92])
+    assert choose([a, b]) == (a, [])
+    # the choice never reads the validation numbers: without them it is the same
+    assert choose([{k: v for k, v in row.items() if k != "values"} for row in (a, b)])[0]["label"] == "a"
+
+
+def test_leaders_within_the_seed_spread_tie_and_the_smaller_map_wins():
+    big = promoted_row("big", 500, [0.830, 0.840, 0.850], [0.84, 0.84, 0.84])       # mean 0.840, std 0.010
+    small = promoted_row("small", 100, [0.825, 0.832, 0.839], [0.83, 0.83, 0.83])   # 0.008 behind: inside the spread
+    far = promoted_row("far", 50, [0.700, 0.705, 0.710], [0.70, 0.70, 0.70])         # far behind
+    winner, tied = choose([big, small, far])
+    assert winner["label"] == "small" and tied == ["big"]
+    # one seed each: no spread, so only an exact tie ties, and the better map wins
+    one = [promoted_row("x", 500, [0.84], [0.8]), promoted_row("y", 100, [0.83], [0.9])]
+    assert choose(one) == (one[0], [])
+    assert choose([promoted_row("nan", 10, [float("nan")], [0.9])]) == (None, [])
+
+
+def test_promotion_under_a_budget_retrains_the_free_heuristics_once(tmp_path, sst2_dir):
+    run = tmp_path / "run"
+    args = ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "2", "--out", str(run), "--param-budget", "0.5",
+            "--promote", "1", "--promote-seeds", "1", "--promote-examples", "32", "--no-report", *TINY_FAST,
+            "--env", f"data_dir='{sst2_dir}'"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    table = json.loads((run / "summary.json").read_text())["promotion"]
+    names = set()  # a row's own name and the names of the maps it equals ("search #1 (= uniform-4)")
+    for row in table["rows"]:
+        first, *same = row["label"].split(" (= ")
+        names |= {first, *(n.rstrip(")") for n in same)}
+    assert any(n.startswith("prilora-") for n in names) and any(n.startswith("eva-") for n in names), names
+    reference = 8 * sum(i + o for i, o in [(64, 192), (64, 64), (64, 256), (256, 64)] * 2)  # uniform max_rank 8 on tiny's 8 modules
+    assert all(row["params"] <= 0.5 * reference for row in table["rows"])
+    cache = json.loads((run / "heuristics.json").read_text())
+    assert len(cache) == 1  # one budget, one entry
+    [(key, maps)] = cache.items()
+    assert {label for label, _ in maps} <= names
+    # a resume finds the maps in the cache: the cached entry is what it uses, untouched
+    before = (run / "heuristics.json").read_bytes()
+    assert CliRunner().invoke(main, ["search", "--resume", str(run), "--no-report"]).exit_code == 0
+    assert (run / "heuristics.json").read_bytes() == before

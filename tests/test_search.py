@@ -200,3 +200,25 @@ def test_prilora_rises_linearly_with_depth_at_uniform_cost():
     assert ranks[::2] == [4, 6, 8, 10, 12]  # PRILoRA's 4 -> 12 for a mean of 8, by hand
     assert ranks[::2] == ranks[1::2]
     assert adapter_params(modules, ranks) == adapter_params(modules, [8] * 10)
+
+
+@pytest.mark.parametrize("agent", ["random", "tpe"])
+def test_searches_under_a_budget_start_from_the_free_heuristics(tmp_path, agent):
+    run = tmp_path / agent
+    search("RankSearch-fake-calibrated-v0", "--agent", agent, "--budget", "6", "--param-budget", "0.3", "--out", str(run),
+           "--no-report")
+    rows = steps(run)
+    labels = [r["label"] for r in rows]
+    assert labels[0].startswith("uniform-") and labels[1].startswith("prilora-"), labels  # the fake has no model for EVA
+    config = json.loads((run / "config.json").read_text())
+    assert config["env_kwargs"]["param_budget"] == 0.3
+    ranks = [json.loads(r["rank_map"]) for r in rows[:2]]
+    modules = [ModuleInfo(f"encoder.layer.{i // 6}.{k}", k, i // 6, 1536 if k == "mlp_out" else 384, 1536 if k == "mlp_in" else 384)
+               for i, k in enumerate(["query", "key", "value", "attn_out", "mlp_in", "mlp_out"] * 6)]
+    uniform, prilora = ([r[m.name] for m in modules] for r in ranks)
+    # uniform: one rank everywhere; PRILoRA: never lower in a deeper block; both on the env's grid (step 2) and within 30 %
+    assert len(set(uniform)) == 1 and all(a <= b for a, b in zip(prilora, prilora[6:]))
+    assert all(r % 2 == 0 for r in uniform + prilora)
+    reference = sum(16 * (m.in_features + m.out_features) for m in modules)  # uniform max_rank 16, by hand
+    assert all(sum(r * (m.in_features + m.out_features) for r, m in zip(map_, modules)) <= 0.3 * reference
+               for map_ in (uniform, prilora))

@@ -26,7 +26,7 @@ from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
 from rankgym.recipe import ALPHA_POLICY, Recipe
 from rankgym.tasks import encode, hold_out_score_split, load_task, standardized
-from rankgym.training import FinetuneResult, default_eval_batch_size, finetune, init_adapters, training_subset
+from rankgym.training import FinetuneResult, default_eval_batch_size, evaluate, finetune, init_adapters, training_subset
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -83,7 +83,7 @@ class FinetuneEvaluator(Evaluator):
     """
 
     name = "finetune"
-    version = 3  # 3: factors seeded per module (common random numbers); 2: score split held out of training, gradient clipping, rank-robust alpha policy
+    version = 4  # 4: BERT's pooler trains with the head; 3: factors seeded per module (common random numbers); 2: score split held out of training, gradient clipping, rank-robust alpha policy
 
     def __init__(
         self,
@@ -130,6 +130,7 @@ class FinetuneEvaluator(Evaluator):
         metric = self.data.metric
         self.train_set = encode(pool.subset(subset), self.tokenizer, recipe.max_length, metric)
         self.val_set = encode(score if score_on == "score" else validation, self.tokenizer, recipe.max_length, metric)
+        self.score_set = encode(score, self.tokenizer, recipe.max_length, metric)  # evaluate_both's second split
         self.revision = _revision(self.model, backbone)
         self._modules = module_infos(self.model, self.spec)
         self.last_result: FinetuneResult | None = None  # the last evaluation's losses and step count
@@ -157,6 +158,23 @@ class FinetuneEvaluator(Evaluator):
             "score_examples": self.score_examples,
             "version": __version__,
         }
+
+    def score_identity(self) -> dict[str, Any]:
+        """The identity of the same retrain scored on the score split (:meth:`evaluate_both`'s second result)."""
+        return {**self.identity(), "scored_on": "score"}
+
+    def evaluate_both(self, rank_map: RankMap) -> tuple[Evaluation, Evaluation]:
+        """One fine-tune scored twice: on this evaluator's split and on the score split.
+
+        Promotion chooses its winner by the second (held out of training, and not the split it
+        reports) and reports the first, so the winner's reported number is not the maximum of
+        the numbers it was chosen by.
+        """
+        evaluation = self.evaluate(rank_map)
+        start = time.perf_counter()
+        metric, loss = evaluate(self.model, self.score_set, self.tokenizer.pad_token_id, self.recipe.eval_batch_size)
+        scored = replace(evaluation, metric=metric, val_loss=loss, seconds=time.perf_counter() - start)
+        return evaluation, scored
 
     def prepare(self, rank_map: RankMap, shrink: ShrinkMode = "prefix") -> None:
         """Re-rank the resident wrappers to ``rank_map`` (modules it does not name get rank 0)."""
