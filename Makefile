@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup run test test-slow
+.PHONY: setup run test test-slow gpu-wheels
 setup: $(BIN)/.installed
 
 # A real search on the offline MiniLM backbone, about ten minutes on 2 CPU cores: the best map
@@ -38,3 +38,8 @@ test: setup
 
 test-slow: setup
 	$(BIN)/pytest -q -m slow
+
+# What benchmarks/gpu_check.py installs on a bare GPU machine (torch, transformers and peft are there,
+# gymnasium is not): pure-Python wheels, carried in the ignored .whl/gpu folder.
+gpu-wheels: setup
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d .whl/gpu "gymnasium==$$($(BIN)/python -c 'import gymnasium; print(gymnasium.__version__)')" cloudpickle farama-notifications

@@ -41,6 +41,7 @@ class Result:
     metric: float
     speedup_vs_peft: float = 1.0
     peak_fraction: float | None = None
+    peak_memory_mb: float | None = None  # peak GPU memory of this row (CUDA only)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -55,6 +56,16 @@ def device_name(device: torch.device) -> str:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak GPU memory since the last :func:`reset_peak_memory` (None on a CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def random_gpt2_checkpoint(folder: str) -> str:
@@ -139,24 +150,29 @@ def useful_flops(evaluator: FinetuneEvaluator, tokens_train: int, tokens_val: in
 
 def warm_up(evaluator: FinetuneEvaluator, rank_map: RankMap) -> None:
     """A few untimed batches first, so that no variant pays the process's one-off start-up costs."""
-    few = list(range(min(64, len(evaluator.train_set))))
+    def few(data: Encoded) -> Encoded:
+        return data.take(list(range(min(64, len(data)))))
+
     evaluator.prepare(rank_map)
-    finetune(evaluator.model, evaluator.train_set.take(few), evaluator.val_set.take(few), evaluator.tokenizer.pad_token_id,
-             evaluator.recipe)
+    finetune(evaluator.model, few(evaluator.train_set), few(evaluator.val_set), evaluator.tokenizer.pad_token_id, evaluator.recipe)
 
 
 def run_bench(backbone: str = "minilm", device: str = "auto", train_examples: int = 512, batch_size: int = 32,
               rank: int = 8, ks: tuple[int, ...] = (1, 4), val_examples: int | None = None, data_dir: str | None = None,
               model_name_or_path: str | None = None, random_init: bool = False, lr: float = 3e-3,
-              progress=print) -> dict[str, Any]:
-    """Measure every variant once on this device; returns the JSON the CLI writes."""
+              progress=print, dtype: str = "fp32", peft: bool = True) -> dict[str, Any]:
+    """Measure every variant once on this device; returns the JSON the CLI writes.
+
+    ``dtype`` is the frozen base's in rankgym's rows (PEFT's rows stay as a user writes them, fp32);
+    ``peft=False`` leaves the two PEFT rows out (the ratios are then not measured).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         if random_init:
             model_name_or_path = random_gpt2_checkpoint(tmp)
         recipe = Recipe(train_examples=train_examples, batch_size=batch_size, lr=lr, val_examples=val_examples)
         dev = resolve_device(device)
         common = dict(backbone=backbone, task="sst2", recipe=recipe, seed=0, device=str(dev), max_rank=rank,
-                      model_name_or_path=model_name_or_path, data_dir=data_dir)
+                      model_name_or_path=model_name_or_path, data_dir=data_dir, dtype=dtype)
         single = FinetuneEvaluator(**common)
         rank_map = single.template().replace({m.name: rank for m in single.modules})
         n_val = len(single.val_set) if val_examples is None else min(val_examples, len(single.val_set))
@@ -166,26 +182,31 @@ def run_bench(backbone: str = "minilm", device: str = "auto", train_examples: in
 
         def result(variant: str, k: int, seconds: float, metric: float, baseline: float | None) -> Result:
             r = Result(variant, k, seconds, (tokens_train + tokens_val) / seconds, metric,
-                       (baseline / seconds) if baseline else 1.0, flops / seconds / peak if peak else None)
+                       (baseline / seconds) if baseline else 1.0, flops / seconds / peak if peak else None, peak_memory_mb(dev))
+            reset_peak_memory(dev)
             progress(f"{variant:16s} k={k:<3d} {seconds:8.2f} s/config  {r.speedup_vs_peft:5.2f}x vs PEFT  "
                      f"{r.tokens_per_second:9.0f} tokens/s  metric {metric:.4f}"
                      + (f"  {r.peak_fraction:.2%} of bf16 peak" if r.peak_fraction is not None else ""))
             return r
 
         warm_up(single, rank_map)
-        seconds, metric, _ = peft_baseline(single, rank_map, model_name_or_path)
-        results = [result("peft", 1, seconds, metric, None)]
-        baseline = seconds
-        seconds, metric, _ = peft_baseline(single, rank_map, model_name_or_path, rankgym_recipe=True)
-        matched = result("peft-rankgym-recipe", 1, seconds, metric, baseline)
-        results.append(matched)
+        reset_peak_memory(dev)
+        results, baseline, matched = [], None, None
+        if peft:
+            seconds, metric, _ = peft_baseline(single, rank_map, model_name_or_path)
+            results.append(result("peft", 1, seconds, metric, None))
+            baseline = seconds
+            seconds, metric, _ = peft_baseline(single, rank_map, model_name_or_path, rankgym_recipe=True)
+            matched = result("peft-rankgym-recipe", 1, seconds, metric, baseline)
+            results.append(matched)
         _sync(dev)
         start = time.perf_counter()
         evaluation = single.evaluate(rank_map)
         _sync(dev)
         mine = result("rankgym", 1, time.perf_counter() - start, evaluation.metric, baseline)
         results.append(mine)
-        progress(f"{'':16s} rankgym is {matched.seconds_per_config / mine.seconds_per_config:.2f}x PEFT with rankgym's recipe")
+        if matched is not None:
+            progress(f"{'':16s} rankgym is {matched.seconds_per_config / mine.seconds_per_config:.2f}x PEFT with rankgym's recipe")
         single.close()
         for k in ks:
             batched = BatchedEvaluator(k=k, **common)
@@ -203,7 +224,8 @@ def run_bench(backbone: str = "minilm", device: str = "auto", train_examples: in
         "val_examples": n_val,
         "batch_size": batch_size,
         "results": [r.to_dict() for r in results],
-        "speedup_vs_peft_with_rankgym_recipe": matched.seconds_per_config / mine.seconds_per_config,
+        "dtype": dtype,
+        "speedup_vs_peft_with_rankgym_recipe": matched.seconds_per_config / mine.seconds_per_config if matched else None,
     }
 
 

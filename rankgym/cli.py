@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from rankgym import __version__
-from rankgym.recipe import ALPHA_POLICY, Recipe
+from rankgym.recipe import ALPHA_POLICY, Recipe, full_recipe
 
 
 class UserError(click.ClickException):
@@ -50,9 +50,10 @@ def main() -> None:
 @click.option("--alpha-mode", type=click.Choice(["fixed", "ratio"]), default=ALPHA_POLICY["alpha_mode"], show_default=True,
               help="With --uniform: fixed (scale alpha / r) or ratio (scale alpha at every rank).")
 @click.option("--rslora/--no-rslora", default=ALPHA_POLICY["rslora"], show_default=True, help="With --uniform: scale by 1 / sqrt(r).")
-@click.option("--train-examples", type=int, default=Recipe.train_examples, show_default=True, help="Training examples (one pass).")
+@click.option("--train-examples", type=int, default=None, help=f"Training subset size (default: the task's recipe, else {Recipe.train_examples:,}).")
+@click.option("--epochs", type=int, default=None, help="Passes over the training subset (default: the task's recipe, else 1).")
 @click.option("--batch-size", type=int, default=Recipe.batch_size, show_default=True)
-@click.option("--lr", type=float, default=Recipe.lr, show_default=True, help="AdamW learning rate.")
+@click.option("--lr", type=float, default=None, help=f"AdamW learning rate (default: the task's recipe, else {Recipe.lr:g}).")
 @click.option("--max-grad-norm", type=float, default=Recipe.max_grad_norm, show_default=True, help="Gradient clipping (0: off).")
 @click.option("--val-examples", type=int, default=None, help="Validate on the first N examples (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -68,7 +69,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(), help="Run folder (default: runs/finetune__BACKBONE__TASK__TIME).")
 @click.option("--peft-out", type=click.Path(), help="Also write the trained adapter here for PEFT (PeftModel.from_pretrained).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line: metric, trainable_params, seconds, out.")
-def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, train_examples, batch_size, lr, max_grad_norm,
+def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, train_examples, epochs, batch_size, lr, max_grad_norm,
              val_examples, seed, device, data_dir, model_name_or_path, target_modules, dtype, text_column, label_column, regression, out,
              peft_out, as_json) -> None:
     """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter.
@@ -76,6 +77,8 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
     Training never sees the score split a search scores maps on (held out of the training file),
     so numbers from here and from a search's promotion are the same computation.
     """
+    from dataclasses import replace
+
     from rankgym.errors import RankgymError
     from rankgym.evaluators.finetune import FinetuneEvaluator
     from rankgym.lora.inject import save_adapter
@@ -84,8 +87,8 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
     if (rank_map_path is None) == (uniform is None):
         fail("give exactly one of --rank-map FILE or --uniform R")
     with user_errors():
-        recipe = Recipe(train_examples=train_examples, batch_size=batch_size, lr=lr, max_grad_norm=max_grad_norm or None,
-                        val_examples=val_examples)
+        recipe = replace(full_recipe(task, train_examples=train_examples, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     val_examples=val_examples), max_grad_norm=max_grad_norm or None)
         rank_map = RankMap.load(rank_map_path) if rank_map_path else None
         policy = (dict(alpha=rank_map.alpha, alpha_mode=rank_map.alpha_mode, rslora=rank_map.rslora) if rank_map
                   else dict(alpha=alpha, alpha_mode=alpha_mode, rslora=rslora))
@@ -101,7 +104,7 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         except RankgymError as err:
             fail(f"{rank_map_path}: {err}")
         click.echo(f"{backbone} on {evaluator.data.name}: {sum(r > 0 for r in rank_map.ranks.values())} adapted modules, "
-                   f"{evaluator.trainable_params(rank_map):,} adapter parameters, {recipe.train_examples} examples, "
+                   f"{evaluator.trainable_params(rank_map):,} adapter parameters, {len(evaluator.train_set):,} examples x {recipe.epochs} epochs, "
                    f"device {evaluator.device}", err=as_json)
         result = evaluator.evaluate(rank_map)
     from rankgym.run import run_folder
@@ -174,7 +177,7 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
               "or this many parameters (> 1); maps over it are scaled down onto it and the reward is the metric.")
 @click.option("--promote", type=int, default=3, show_default=True, help="Top maps retrained with the full recipe at the end.")
 @click.option("--promote-seeds", type=int, default=3, show_default=True, help="Seeds of every promotion retrain.")
-@click.option("--promote-examples", type=int, default=8192, show_default=True, help="Training examples of a promotion retrain.")
+@click.option("--promote-examples", type=int, default=None, help="Training examples of a promotion retrain (default: the task's full recipe).")
 @click.option("--no-promote", is_flag=True, help="Answer with the best search score, without retraining.")
 @click.option("--retry-failed", is_flag=True, help="With --resume: evaluate maps whose stored evaluation failed again.")
 @click.option("--allow-divergence", is_flag=True, help="With --resume: where the rerun differs from the log, replace the log from there.")
@@ -213,7 +216,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                 env_kwargs.update(ray_workers=workers, worker_cpus=worker_cpus, ray_address=None if ray_address == "local" else ray_address)
                 if agent == "ppo-steps" and n_envs == 1:
                     n_envs = workers  # one environment per worker: their steps evaluate side by side
-            if min(promote, promote_seeds, promote_examples) < 0 or (promote and not (promote_seeds and promote_examples)):
+            if min(promote, promote_seeds, promote_examples or 1) < 0 or (promote and not (promote_seeds and promote_examples != 0)):
                 fail("--promote, --promote-seeds and --promote-examples must be >= 1 (or --no-promote)")
             promotion = dict(promote=0 if no_promote else promote, promote_seeds=promote_seeds, promote_examples=promote_examples)
         import gymnasium as gym
@@ -239,13 +242,19 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                f"{summary['best_params']:,} adapter parameters")
     if summary.get("promotion"):
         table = summary["promotion"]
-        click.echo(f"promoted ({len(table['seeds'])} seeds x {table['recipe']['train_examples']:,} examples, "
-                   f"{table['metric']} on the validation split):")
+        recipe = table["recipe"]
+        epochs = f" x {recipe['epochs']} epochs" if recipe.get("epochs", 1) > 1 else ""
+        click.echo(f"promoted ({len(table['seeds'])} seeds x {recipe['train_examples']:,} examples{epochs}; {table['metric']}, "
+                   f"chosen on the score split, reported on the validation split):")
         for row in table["rows"]:
-            mark = "winner" if row["label"] == table["winner"] else ""
+            mark = "winner" if row["label"] == table["winner"] else ("ties" if row["label"] in table.get("tied", []) else "")
             searched = f"search {row['search_metric']:.4f}" if row["search_metric"] is not None else "not searched"
-            click.echo(f"  {row['label']:28s} {row['mean']:.4f} ± {row['std']:.4f} | {row['params']:>9,} adapter parameters "
-                       f"| {searched}  {mark}")
+            chosen = f"score {row['score_mean']:.4f} ± {row['score_std']:.4f} | " if "score_mean" in row else ""
+            click.echo(f"  {row['label']:28s} {chosen}validation {row['mean']:.4f} ± {row['std']:.4f} | {row['params']:>9,} adapter "
+                       f"parameters | {searched}  {mark}")
+        if table.get("tied"):
+            click.echo(f"the leaders tie within the seed spread on the score split ({', '.join([table['winner'], *table['tied']])}): "
+                       "the answer is the one with the fewest adapter parameters")
     elif summary.get("initial_metric") is not None:
         rank = summary.get("initial_uniform_rank")
         name = f"uniform rank {rank}" if rank is not None else "initial map"
@@ -406,6 +415,40 @@ def allocate(tasks, param_budget, backbone, weights, out, env_options) -> None:
     values = [s["value"], s["equal_split"]["value"], s["article"]["value"]]
     click.echo(f"  {'mean':10s} " + " ".join(f"{'':>12s} {v if v is not None else float('nan'):>11.4f}" for v in values))
     click.echo(f"wrote {out}/<task>/rank_map.json, peft/ and {out}/split.json")
+
+
+@main.command()
+@click.argument("env_id")
+@click.option("--param-budget", type=float, required=True, help="Adapter parameters: a fraction (0, 1] of uniform max_rank, or a count.")
+@click.option("--seeds", type=click.IntRange(1), default=2, show_default=True, help="Elastic adapters (seeds 0 .. N-1): 2 or more measure the noise.")
+@click.option("--env", "env_options", multiple=True, metavar="KEY=VALUE", help="gym.make override (repeatable), e.g. max_rank=16.")
+@click.option("--store", default="runs/headroom/store.sqlite", show_default=True,
+              help="Store whose folder keeps the adapters; a search's own store reuses its adapter.")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line holding every figure.")
+def headroom(env_id, param_budget, seeds, env_options, store, as_json) -> None:
+    """Does the budget bind? The best free heuristic at the budget against uniform max_rank, by elastic scores."""
+    import gymnasium as gym
+
+    import rankgym  # noqa: F401  (registers the ids)
+    from rankgym.headroom import headroom as measure
+    from rankgym.registry import EnvConfig
+    from rankgym.run import key_values
+
+    with user_errors():
+        if env_id not in gym.registry:
+            fail(f"unknown environment id {env_id!r}; `rankgym envs` lists them")
+        kwargs = {k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"}
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        config = EnvConfig.from_kwargs({**kwargs, **key_values(env_options), "param_budget": param_budget, "store": store}, env_id)
+        found = measure(config, list(range(seeds)), on_seed=lambda s: click.echo(f"adapter seed {s} scored", err=as_json))
+    click.echo(f"{env_id} at {found.budget_params:,} adapter parameters ({found.budget_params / found.reference_params:.1%} of "
+               f"uniform-{config.max_rank}), elastic scores on the score split, seeds {found.seeds}:", err=as_json)
+    for label, values in found.scores.items():
+        mark = "  best heuristic" if label == found.best else ("  no budget" if label == found.top else "")
+        click.echo(f"  {label:20s} {sum(values) / len(values):.4f}  ({', '.join(f'{v:.4f}' for v in values)}){mark}", err=as_json)
+    click.echo(found.sentence(), err=as_json)
+    if as_json:
+        click.echo(json.dumps(found.to_dict()))
 
 
 @main.command()
