@@ -25,7 +25,7 @@ setup: $(BIN)/.installed
 # uniform map at the same budget retrained with the full recipe (8,192 examples) with 3 seeds each,
 # validated on the validation split.
 run: setup
-	$(BIN)/rankgym search RankSearch-minilm-sst2-v0 --agent tpe --budget 64 --param-budget 0.4 --env evaluator=elastic --promote 1 --env device=cpu
+	$(BIN)/rankgym search RankSearch-minilm-sst2-v0 --agent tpe --budget 64 --param-budget 0.4 --env evaluator=elastic --promote 1
 
 # The PEFT export relies on rank_pattern matching escaped full module names, which PEFT does from
 # 0.15 (0.14 silently gives every module the default rank): the PEFT tests also run on that floor,

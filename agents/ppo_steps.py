@@ -83,20 +83,21 @@ def run(args: Args) -> dict[str, Any]:
         return kwargs
 
     spawned = args.n_envs > 1 and len(args.devices) > 1
-    if args.n_envs == 1:
-        venv = DummyVecEnv([make_env(args.env_id, worker_kwargs(0), store, 0, progress, args.allow_divergence)])
-    elif spawned:  # workers log to the shared SQLite file; the bar follows the steps the learner sees
-        venv = SubprocVecEnv([make_env(args.env_id, worker_kwargs(i), store, i, None, args.allow_divergence) for i in range(args.n_envs)],
-                             start_method="spawn")
-    else:  # one device: the K maps of a step train together (batched evaluator)
-        logs = [StepLog(store, i, args.allow_divergence) for i in range(args.n_envs)]
+    with run_dir.opening():
+        if args.n_envs == 1:
+            venv = DummyVecEnv([make_env(args.env_id, worker_kwargs(0), store, 0, progress, args.allow_divergence)])
+        elif spawned:  # workers log to the shared SQLite file; the bar follows the steps the learner sees
+            venv = SubprocVecEnv([make_env(args.env_id, worker_kwargs(i), store, i, None, args.allow_divergence) for i in range(args.n_envs)],
+                                 start_method="spawn")
+        else:  # one device: the K maps of a step train together (batched evaluator)
+            logs = [StepLog(store, i, args.allow_divergence) for i in range(args.n_envs)]
 
-        def on_evaluation(i: int, kind: str, info: dict, reward: float) -> None:
-            logs[i].record(kind, info, reward, cache_hit=core.envs[i].last_evaluation.cache_hit)
-            progress(kind, info, reward)
+            def on_evaluation(i: int, kind: str, info: dict, reward: float) -> None:
+                logs[i].record(kind, info, reward, cache_hit=core.envs[i].last_evaluation.cache_hit)
+                progress(kind, info, reward)
 
-        core = make_batched_episodes(args.n_envs, args.env_id, on_evaluation, **worker_kwargs(0))
-        venv = VecMonitor(RankSearchVecEnv(core))
+            core = make_batched_episodes(args.n_envs, args.env_id, on_evaluation, **worker_kwargs(0))
+            venv = VecMonitor(RankSearchVecEnv(core))
 
     class Budget(BaseCallback):
         """Stop after ``budget`` environment steps (evaluations), counted over all workers."""

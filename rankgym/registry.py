@@ -7,6 +7,8 @@ overridden at ``gym.make``; unknown or bad ones fail at construction with a clea
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -93,6 +95,12 @@ class EnvConfig:
         if unknown:
             hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, names, n=1)) else "") for k in unknown]
             raise ConfigError(f"unknown option {', '.join(hints)} for {env_id}; options are: {', '.join(names)}")
+        hints = typing.get_type_hints(cls)
+        for key, value in kwargs.items():
+            if not _has_type(value, hints[key]):
+                default = getattr(cls(), key)
+                example = f", e.g. {key}={default!r} (its default)" if default is not None else ""
+                raise ConfigError(f"option {key}={value!r} for {env_id} should be {_type_name(hints[key])}{example}")
         config = cls(**kwargs)
         if config.evaluator not in EVALUATORS:
             raise ConfigError(f"evaluator must be one of {', '.join(EVALUATORS)}, got {config.evaluator!r}")
@@ -111,6 +119,35 @@ class EnvConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits an EnvConfig annotation (an int is a float; a bool is no number)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_has_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if origin is not None:
+        return str(hint).replace("typing.", "")
+    return {"int": "a whole number", "float": "a number", "bool": "True or False", "str": "a string"}.get(hint.__name__, hint.__name__)
 
 
 # Per-backbone defaults: a step's training budget and the episode, sized for the hardware each suits.

@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -175,10 +177,23 @@ class RunDir:
                 raise ConfigError(f"cannot resume {self.path}: {', '.join(changed)} differ from the run's config.json; resume without changing them")
         elif config_file.exists():
             raise ConfigError(f"{self.path} already holds a run; pass --resume {self.path} to continue it, or another --out")
+        self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            config_file.write_text(json.dumps(config, indent=2, default=str) + "\n")
-        self.config = config
+        self.config, self.resume = config, resume
+
+    @contextmanager
+    def opening(self):
+        """Build the search's environments inside: ``config.json`` is written once they stand, and a
+        refused start (a bad option, a missing model) leaves no run behind, so the corrected command
+        can use the same folder."""
+        try:
+            yield
+        except BaseException:
+            if self.created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        if not self.resume:
+            (self.path / "config.json").write_text(json.dumps(self.config, indent=2, default=str) + "\n")
 
     @property
     def store_path(self) -> Path:
@@ -276,7 +291,8 @@ def open_search(args: "SearchArgs", agent: str):
 
     out = args.out or run_folder(args.env_id, agent, args.seed)
     run_dir = RunDir(out, {"agent": agent, **args.config()}, resume=args.resume)
-    env = gym.make(args.env_id, **args.env_kwargs_for_run(str(run_dir.store_path))).unwrapped
+    with run_dir.opening():
+        env = gym.make(args.env_id, **args.env_kwargs_for_run(str(run_dir.store_path))).unwrapped
     report_headroom(run_dir, env)
     return run_dir, env, run_dir.log(allow_divergence=args.allow_divergence), Progress(args.budget, f"{agent} {args.env_id}")
 

@@ -146,7 +146,8 @@ def test_apply_sets_trainable_flags_and_rerank_in_place(small_bert):
     rank_map = varied_map(small_bert, "minilm")
     layers = apply_rank_map(small_bert, rank_map, max_rank=8)
     trainable = {n for n, p in small_bert.named_parameters() if p.requires_grad}
-    assert trainable == {f"{n}.lora_{x}" for n in layers for x in "AB"} | {"classifier.weight", "classifier.bias"}
+    head = {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"}  # BERT's pooler trains too
+    assert trainable == {f"{n}.lora_{x}" for n in layers for x in "AB"} | head
     layer = layers["bert.encoder.layer.0.attention.self.key"]
     apply_rank_map(small_bert, rank_map.replace({**rank_map.ranks, "bert.encoder.layer.0.attention.self.key": 6}))
     assert small_bert.get_submodule("bert.encoder.layer.0.attention.self.key") is layer and layer.rank == 6

@@ -222,3 +222,15 @@ def test_searches_under_a_budget_start_from_the_free_heuristics(tmp_path, agent)
     reference = sum(16 * (m.in_features + m.out_features) for m in modules)  # uniform max_rank 16, by hand
     assert all(sum(r * (m.in_features + m.out_features) for r, m in zip(map_, modules)) <= 0.3 * reference
                for map_ in (uniform, prilora))
+
+
+@pytest.mark.parametrize("bad,why", [("max_rank=abc", "should be a whole number"), ("lam=x", "should be a number or None"),
+                                     ("seed=1.5", "should be a whole number"), ("rslora=1", "should be True or False")])
+def test_a_refused_start_is_one_line_and_leaves_nothing_behind(tmp_path, bad, why):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "random", "--budget", "2", "--out", str(run),
+                                       "--env", bad, "--no-report"])
+    assert result.exit_code == 2 and why in result.output and "Traceback" not in result.output
+    assert not run.exists()  # so the corrected command may use the same folder
+    search("RankSearch-fake-v0", "--agent", "random", "--budget", "2", "--out", str(run), "--no-report")
+    assert (run / "config.json").is_file()
