@@ -122,7 +122,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     import gymnasium as gym
 
     from rankgym.budget import budget_params, default_lam, project
-    from rankgym.evaluators.base import Evaluation, adapter_params
+    from rankgym.evaluators.base import Evaluation, adapter_params, is_map_failure
     from rankgym.recipe import full_recipe
     from rankgym.registry import EnvConfig
     from rankgym.store import EvaluationStore
@@ -165,13 +165,18 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
             if evaluation is None or scored is None:
                 try:
                     evaluation, scored = evaluator.evaluate_both(rank_map)
-                    if adapter_dir is not None and seed == 0 and any(rank_map.ranks.values()):
-                        evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
-                except Exception as err:  # a failed retrain is reported in the table (and stored), not fatal
+                except Exception as err:  # a map's own failure is reported in the table (and stored), not fatal
+                    if not is_map_failure(err):
+                        raise
                     evaluation = scored = Evaluation(math.nan, adapter_params(modules, candidate["ranks"]), 0.0,
                                                      error=f"{type(err).__name__}: {err}")
                 evaluation = store.put(context, rank_map, evaluation)
                 scored = store.put(score_context, rank_map, scored)
+                if adapter_dir is not None and seed == 0 and evaluation.ok and any(rank_map.ranks.values()):
+                    try:
+                        evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
+                    except OSError as err:  # the retrain stands; the winner's weights are retrained if it wins
+                        log.warning("could not stage the trained adapter of %s: %s", candidate["label"], err)
             if evaluation.error:
                 errors[i].append(f"seed {seed}: {evaluation.error}")
             values[i].append(evaluation.metric)

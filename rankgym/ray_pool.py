@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from rankgym.errors import ConfigError
+from rankgym.evaluators.base import is_map_failure
 from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
 from rankgym.rankmap import RankMap
 
@@ -66,6 +67,8 @@ class _Worker:
         try:
             evaluation = self.evaluator.evaluate(rank_map)
         except Exception as err:  # NaN, out of memory: a failed evaluation, as in one process (a dead worker is Ray's to retry)
+            if not is_map_failure(err):
+                raise  # a bug or a misconfiguration reaches the driver and stops the run
             evaluation = Evaluation(math.nan, self.evaluator.trainable_params(rank_map), time.perf_counter() - start,
                                     error=f"{type(err).__name__}: {err}")
         return evaluation, time.perf_counter() - start, self.index

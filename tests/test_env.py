@@ -3,6 +3,7 @@
 import json
 import math
 import multiprocessing as mp
+import sqlite3
 
 import gymnasium as gym
 import numpy as np
@@ -16,6 +17,7 @@ from rankgym.errors import ConfigError
 from rankgym.evaluators.base import Evaluation
 from rankgym.evaluators.fake import FakeEvaluator
 from rankgym.store import EvaluationStore
+from rankgym.training import TrainingDiverged
 
 TINY = "RankSearch-tiny-sst2-v0"
 
@@ -158,7 +160,7 @@ class Exploding(FakeEvaluator):
         return super().evaluate(rank_map)
 
 
-@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), ArithmeticError("loss is nan")])
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), TrainingDiverged("training loss became nan at step 3")])
 def test_a_failing_evaluation_ends_the_episode_with_the_penalty(error):
     env = RankSearchEnv(Exploding(fail_on_call=3, error=error), failure_penalty=-2.0)
     env.reset(seed=0)
@@ -168,6 +170,24 @@ def test_a_failing_evaluation_ends_the_episode_with_the_penalty(error):
     env.reset(seed=0)  # the process and the environment go on
     _, reward, terminated, _, info = env.step(np.full(24, 0))
     assert info["error"] is None and reward > -1 and not terminated
+
+
+class BrokenBatch(FakeEvaluator):
+    """An evaluator whose batched call has a bug (what the batched evaluator did with more maps than k)."""
+
+    def evaluate_many(self, maps):
+        raise ValueError(f"evaluate_many takes 1..1 rank maps, got {len(maps)}")
+
+
+@pytest.mark.parametrize("evaluator,error", [(BrokenBatch(), ValueError), (Exploding(1, TypeError("a bug")), TypeError)])
+def test_only_a_maps_own_failure_is_stored_anything_else_stops_the_run(tmp_path, evaluator, error):
+    store = tmp_path / "store.sqlite"
+    env = RankSearchEnv(evaluator, store=str(store))
+    maps = [env.template.replace({n: r for n in env.names}) for r in (2, 4)]
+    with pytest.raises(error):
+        env.evaluate_all(maps)
+    assert sqlite3.connect(store).execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
+    assert all(env.store.get(env.context, m) is None for m in maps)  # nothing to replay on a resume
 
 
 def test_a_nan_training_loss_is_a_failure_not_a_crash(sst2_dir):

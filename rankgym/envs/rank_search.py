@@ -32,7 +32,7 @@ import numpy as np
 from rankgym.backbones import KINDS
 from rankgym.budget import budget_params, default_lam, project
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import Evaluation, Evaluator, adapter_params
+from rankgym.evaluators.base import Evaluation, Evaluator, adapter_params, is_map_failure
 from rankgym.rankmap import RankMap
 from rankgym.store import EvaluationStore
 
@@ -199,7 +199,9 @@ class RankSearchEnv(gym.Env):
     def evaluate_all(self, maps: Sequence[RankMap]) -> list[Evaluation]:
         """Store hits first; the remaining distinct maps in one ``evaluate_many`` call where the
         evaluator has one (batched, Ray), else one by one; each written to the store at once.
-        Never raises: an expected failure (NaN, OOM, a raising evaluator) must not kill a search."""
+        A failure of a map itself (:func:`~rankgym.evaluators.base.is_map_failure`: NaN, out of
+        memory) is its stored result and must not kill a search; any other exception propagates, and
+        nothing of the call is stored."""
         found = [self.lookup(m) for m in maps]
         todo = list({m.key(): m for m, f in zip(maps, found) if f is None}.values())
         if todo and hasattr(self.evaluator, "evaluate_many"):
@@ -207,6 +209,8 @@ class RankSearchEnv(gym.Env):
             try:
                 evaluations = self.evaluator.evaluate_many(todo)
             except Exception as err:
+                if not is_map_failure(err):
+                    raise
                 evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), time.perf_counter() - start) for m in todo]
         else:
             evaluations = [self._compute(m) for m in todo]
@@ -218,6 +222,8 @@ class RankSearchEnv(gym.Env):
         try:
             return self.evaluator.evaluate(rank_map)
         except Exception as err:
+            if not is_map_failure(err):
+                raise
             return failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
 
     def _observe(self) -> np.ndarray:

@@ -44,6 +44,22 @@ class Evaluation:
         return asdict(self)
 
 
+def is_map_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a failure of the map itself, the only kind stored and replayed as its result.
+
+    The whitelist: a diverged fine-tune (:class:`~rankgym.training.TrainingDiverged`, a NaN or
+    infinite loss) and running out of memory (GPU or CPU). Anything else (a programming error, a
+    misconfiguration, a missing file) says nothing about the map: it stops the run with its
+    message, and nothing is stored.
+    """
+    from rankgym.training import TrainingDiverged
+
+    if isinstance(err, (TrainingDiverged, MemoryError)):
+        return True
+    message = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
 @dataclass(frozen=True)
 class ModuleInfo:
     """Static facts about one adaptable module, the raw material of observations and strategies.
