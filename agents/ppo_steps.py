@@ -73,11 +73,11 @@ def run(args: Args) -> dict[str, Any]:
     run_dir = RunDir(out, {**args.config(), "agent": "ppo-steps", "n_envs": args.n_envs, "devices": args.devices, "hyperparams": hp},
                      resume=args.resume)
     started = time.time()
-    store = str(run_dir.store_path)
+    store = str(run_dir.store_path)  # the step log's
     progress = Progress(args.budget, f"ppo {args.env_id}")
 
     def worker_kwargs(i: int) -> dict[str, Any]:
-        kwargs = args.env_kwargs_for_run(store)
+        kwargs = args.env_kwargs_for_run(str(run_dir.evaluation_store))
         if args.devices:
             kwargs["device"] = args.devices[i % len(args.devices)]
         return kwargs

@@ -194,8 +194,17 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
 
     with user_errors():
         if resume_dir:
+            from click.core import ParameterSource
+
             from rankgym.run import load_config
 
+            ctx = click.get_current_context()
+            kept = ("resume_dir", "retry_failed", "allow_divergence", "report")
+            typed = [p.opts[0] if p.opts else p.name for p in ctx.command.params
+                     if p.name not in kept and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+            if typed:  # never ignore what the user typed: the run's config.json decides a resumed search
+                fail(f"--resume continues {resume_dir} as its config.json says, so {', '.join(typed)} cannot change it; "
+                     f"for more evaluations start a new run with --env store={Path(resume_dir) / 'store.sqlite'} to reuse these")
             saved = load_config(resume_dir)
             if saved["agent"] not in AGENTS:
                 fail(f"{Path(resume_dir) / 'config.json'}: agent {saved['agent']!r} is none of {', '.join(AGENTS)}")

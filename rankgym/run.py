@@ -197,7 +197,15 @@ class RunDir:
 
     @property
     def store_path(self) -> Path:
+        """The run's own store: its step log, and its evaluations unless ``--env store=PATH`` shares another."""
         return self.path / "store.sqlite"
+
+    @property
+    def evaluation_store(self) -> Path:
+        """Where evaluations go: ``--env store=PATH`` (one store shared by runs, to reuse their
+        evaluations and elastic adapters), else the run's own store."""
+        shared = self.config.get("env_kwargs", {}).get("store")
+        return Path(shared) if shared else self.store_path
 
     @property
     def adapter_path(self) -> Path:
@@ -223,7 +231,7 @@ class RunDir:
         if not scored:
             raise ConfigError(f"no evaluation in {self.path} succeeded; see steps.csv for the errors")
         best = max(scored, key=lambda r: r["score"])
-        table = (promote(rows, self.config["env_id"], self.config.get("env_kwargs", {}), self.store_path, promotion,
+        table = (promote(rows, self.config["env_id"], self.config.get("env_kwargs", {}), self.evaluation_store, promotion,
                          adapter_dir=self.adapter_path) if promotion else None)
         answer = (table and promoted_map(template, table)) or template.replace(json.loads(best["rank_map"]))
         answer.provenance.update(agent=self.config["agent"], lam=lam, run=str(self.path))
@@ -292,7 +300,7 @@ def open_search(args: "SearchArgs", agent: str):
     out = args.out or run_folder(args.env_id, agent, args.seed)
     run_dir = RunDir(out, {"agent": agent, **args.config()}, resume=args.resume)
     with run_dir.opening():
-        env = gym.make(args.env_id, **args.env_kwargs_for_run(str(run_dir.store_path))).unwrapped
+        env = gym.make(args.env_id, **args.env_kwargs_for_run(str(run_dir.evaluation_store))).unwrapped
     report_headroom(run_dir, env)
     return run_dir, env, run_dir.log(allow_divergence=args.allow_divergence), Progress(args.budget, f"{agent} {args.env_id}")
 
@@ -415,7 +423,8 @@ class SearchArgs:
     allow_divergence: bool = False  # a resumed run that differs from its log replaces the log from there on
 
     def env_kwargs_for_run(self, store: str) -> dict[str, Any]:
-        """gym.make kwargs of this run: the user's, the run's store and seed, and the retry switch."""
+        """gym.make kwargs of this run: the user's, the evaluation store (``store``: the user's
+        ``store`` kwarg where given, see :attr:`RunDir.evaluation_store`), seed, and the retry switch."""
         return {**self.env_kwargs, "store": store, "seed": self.env_kwargs.get("seed", self.seed), "retry_failed": self.retry_failed}
 
     def config(self) -> dict[str, Any]:

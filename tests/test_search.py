@@ -234,3 +234,26 @@ def test_a_refused_start_is_one_line_and_leaves_nothing_behind(tmp_path, bad, wh
     assert not run.exists()  # so the corrected command may use the same folder
     search("RankSearch-fake-v0", "--agent", "random", "--budget", "2", "--out", str(run), "--no-report")
     assert (run / "config.json").is_file()
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path):
+    run = tmp_path / "run"
+    search("RankSearch-fake-v0", "--agent", "random", "--budget", "3", "--out", str(run), "--no-report")
+    before = (run / "steps.csv").read_text()
+    refused = CliRunner().invoke(main, ["search", "--resume", str(run), "--budget", "10"])
+    assert refused.exit_code == 2 and "--budget cannot change it" in refused.output and "--env store=" in refused.output
+    assert (run / "steps.csv").read_text() == before
+    search("--resume", str(run), "--no-report")  # --resume alone, and its own switches, still work
+
+
+def test_a_shared_store_is_honoured_across_runs(tmp_path, sst2_dir):
+    shared = tmp_path / "shared" / "store.sqlite"
+    shared.parent.mkdir()
+    common = ["RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "2", "--no-promote", "--no-report",
+              "--env", "train_examples=32", "--env", "val_examples=32", "--env", "device='cpu'", "--env", f"data_dir='{sst2_dir}'",
+              "--env", f"store='{shared}'"]
+    search(*common, "--out", str(tmp_path / "a"))
+    search(*common, "--out", str(tmp_path / "b"))
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert second["trained"] == 0 and second["cache_hits"] == second["evaluations"] == 2  # every map came from the shared store
+    assert len(steps(tmp_path / "b")) == 2  # and each run keeps its own step log
