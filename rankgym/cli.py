@@ -99,6 +99,8 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
                                       progress=not as_json, target_modules=target_modules, dtype=dtype, **policy)
         if rank_map is None:
             rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, **policy)
+        if peft_out and not any(rank_map.ranks.values()):
+            fail("--peft-out writes a PEFT adapter, but every module has rank 0 here; give a rank above 0 or drop --peft-out")
         try:
             rank_map.validate(evaluator.model)
         except RankgymError as err:
@@ -161,18 +163,18 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @main.command()
 @click.argument("env_id", required=False)
 @click.option("--agent", type=click.Choice(AGENTS), default="ppo", show_default=True)
-@click.option("--budget", type=int, default=64, show_default=True, help="Evaluations to spend (environment steps or maps).")
+@click.option("--budget", type=click.IntRange(1), default=64, show_default=True, help="Evaluations to spend (environment steps or maps).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), help="Run folder (default runs/ENV__AGENT__SEED__TIME).")
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue a killed run from its folder.")
 @click.option("--env", "env_options", multiple=True, metavar="KEY=VALUE", help="gym.make override (repeatable), e.g. --env lam=0.2.")
 @click.option("--set", "hp_options", multiple=True, metavar="KEY=VALUE", help="PPO hyperparameter override (repeatable).")
-@click.option("--n-envs", type=int, default=1, show_default=True, help="ppo-steps: parallel environments (on one device their maps train together; with several --devices, one spawned process each).")
+@click.option("--n-envs", type=click.IntRange(1), default=1, show_default=True, help="ppo-steps: parallel environments (on one device their maps train together; with several --devices, one spawned process each).")
 @click.option("--devices", multiple=True, help="ppo-steps: one device per worker, cycled (repeatable).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Evaluate on Ray workers: --ray starts a local cluster, --ray auto joins a running one, or give its address.")
-@click.option("--workers", type=int, default=2, show_default=True, help="With --ray: evaluation workers (one GPU each on GPU clusters).")
-@click.option("--worker-cpus", type=int, default=1, show_default=True, help="With --ray: CPUs (torch threads) per CPU worker.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="With --ray: evaluation workers (one GPU each on GPU clusters).")
+@click.option("--worker-cpus", type=click.IntRange(1), default=1, show_default=True, help="With --ray: CPUs (torch threads) per CPU worker.")
 @click.option("--param-budget", type=float, help="At most this fraction (0, 1] of uniform rank max_rank's adapter parameters, "
               "or this many parameters (> 1); maps over it are scaled down onto it and the reward is the metric.")
 @click.option("--promote", type=int, default=3, show_default=True, help="Top maps retrained with the full recipe at the end.")
@@ -407,6 +409,8 @@ def allocate(tasks, param_budget, backbone, weights, out, env_options) -> None:
     from rankgym.run import key_values
 
     names = [t for t in tasks.replace(",", " ").split() if t]
+    if not names:
+        fail(f"--tasks {tasks!r} names no task; give them space or comma separated, e.g. --tasks 'sst2 rte'")
     with user_errors():
         try:
             factors = [float(w) for w in weights.replace(",", " ").split()] if weights else None

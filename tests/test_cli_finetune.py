@@ -94,3 +94,16 @@ def test_bench_reports_both_peft_baselines(tmp_path, sst2_dir):
     assert mine["speedup_vs_peft"] == pytest.approx(peft["seconds_per_config"] / mine["seconds_per_config"])
     assert report["speedup_vs_peft_with_rankgym_recipe"] == pytest.approx(matched["seconds_per_config"] / mine["seconds_per_config"])
     assert "x PEFT with rankgym's recipe" in result.output
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path, sst2_dir):
+    cases = [
+        (["allocate", "--tasks", ",", "--param-budget", "1000"], "names no task"),
+        (["search", "RankSearch-fake-v0", "--agent", "ppo-steps", "--n-envs", "0", "--out", str(tmp_path / "n")], "--n-envs"),
+        (["finetune", "--backbone", "tiny", "--uniform", "0", "--peft-out", str(tmp_path / "p"), "--device", "cpu",
+          "--data-dir", str(sst2_dir), "--out", str(tmp_path / "f")], "every module has rank 0"),
+    ]
+    for args, why in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and why in result.output and "Traceback" not in result.output, (args, result.output)
+    assert not (tmp_path / "f").exists() and not (tmp_path / "p").exists()  # refused before anything was written
