@@ -113,8 +113,6 @@ class EnvConfig:
             raise ConfigError(f"alpha_mode must be 'fixed' (scale alpha / r) or 'ratio' (scale alpha at every rank), got {config.alpha_mode!r}")
         if config.fake_profile not in ("separable", "calibrated"):
             raise ConfigError(f"fake_profile must be 'separable' or 'calibrated' (fitted to real MiniLM x SST-2 scores), got {config.fake_profile!r}")
-        if not isinstance(config.rslora, bool):
-            raise ConfigError(f"rslora must be True or False, got {config.rslora!r}")
         return config
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,9 @@ from rankgym.errors import FileError
 from rankgym.evaluators.base import Evaluation, ModuleInfo
 from rankgym.rankmap import RankMap
 
+# The schema's version, kept in SQLite's user_version. A file no rankgym had versioned reads 0; its
+# tables are accepted when their columns are these. Any other schema is refused, never misread.
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contexts (
     context TEXT PRIMARY KEY,      -- hash of the identity
@@ -53,6 +56,14 @@ CREATE TABLE IF NOT EXISTS failures (
 """
 
 
+def _schema_columns() -> dict[str, list[str]]:
+    """Each table of :data:`SCHEMA` and its columns, as a fresh in-memory database lays them out."""
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {t: [row[1] for row in db.execute(f"PRAGMA table_info({t})")] for t in tables}
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
@@ -81,18 +92,35 @@ class EvaluationStore:
         try:
             if self.path != ":memory:":
                 self.db.execute("PRAGMA journal_mode=WAL")
+            self._check_schema()
             self.db.executescript(SCHEMA)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("SELECT COUNT(*) FROM contexts").fetchone()
         except sqlite3.DatabaseError as err:
             self.db.close()
             raise FileError(f"{self.path}: not a rankgym evaluation store ({err}); move it away to start a new one") from None
+        except FileError:
+            self.db.close()
+            raise
+
+    def _check_schema(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise FileError(f"{self.path}: an evaluation store of schema version {version}, written by a newer rankgym "
+                            f"(this one reads version {SCHEMA_VERSION}); upgrade rankgym, or use another store")
+        for table, columns in _schema_columns().items():
+            found = [row[1] for row in self.db.execute(f"PRAGMA table_info({table})")]
+            if found and found != columns:
+                raise FileError(f"{self.path}: its {table} table has columns {', '.join(found)}, not rankgym's "
+                                f"{', '.join(columns)} (schema version {version}); move it away to start a new store")
 
     def register(self, identity: dict[str, Any], modules: list[ModuleInfo]) -> str:
         """Record an evaluator's identity and modules; returns its context hash."""
         context = context_of(identity)
         payload = [dict(m.__dict__, spectrum=list(m.spectrum)) for m in modules]
         self.db.execute(
-            "INSERT OR IGNORE INTO contexts VALUES (?, ?, ?)", (context, json.dumps(identity, sort_keys=True), json.dumps(payload))
+            "INSERT OR IGNORE INTO contexts (context, identity, modules) VALUES (?, ?, ?)",
+            (context, json.dumps(identity, sort_keys=True), json.dumps(payload)),
         )
         return context
 
@@ -124,13 +152,15 @@ class EvaluationStore:
         key = _key(context, rank_map, state_key)
         if not evaluation.ok:
             self.db.execute(
-                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO failures (key, context, rank_map, error, params, seconds, device, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, context, rank_map.key(), evaluation.error or f"metric is {evaluation.metric}", evaluation.params,
                  evaluation.seconds, evaluation.device, time.time()),
             )
             return evaluation
         written = self.db.execute(
-            "INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO evaluations (key, context, rank_map, metric, params, seconds, val_loss, train_loss, device, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 context,

@@ -96,7 +96,7 @@ def test_alpha_policy_kwargs_reach_the_evaluator_and_its_layers(sst2_dir):
 def test_bad_alpha_policy_is_one_clear_error():
     with pytest.raises(ConfigError, match="alpha_mode must be 'fixed'"):
         gym.make("RankSearch-tiny-sst2-v0", alpha_mode="sqrt")
-    with pytest.raises(ConfigError, match="rslora must be True or False"):
+    with pytest.raises(ConfigError, match="rslora=.yes. for RankSearch-tiny-sst2-v0 should be True or False"):
         gym.make("RankSearch-tiny-sst2-v0", rslora="yes")
 
 
@@ -152,3 +152,26 @@ def test_maps_that_differ_in_one_module_share_every_other_initial_draw(sst2_dir)
     # a different seed draws differently, module by module
     init_adapters(evaluator.model, evaluator.seed + 1)
     assert not torch.equal(lora_layers(evaluator.model)[names[0]].lora_A, shrunk[names[0]])
+
+
+def test_a_store_of_another_schema_is_refused_never_misread(tmp_path):
+    import sqlite3
+
+    from rankgym.errors import FileError
+    from rankgym.store import SCHEMA_VERSION, EvaluationStore
+
+    path = tmp_path / "store.sqlite"
+    EvaluationStore(path).close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    newer = tmp_path / "newer.sqlite"
+    sqlite3.connect(newer).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(FileError, match="newer rankgym"):
+        EvaluationStore(newer)
+    older = tmp_path / "older.sqlite"  # an unversioned file whose evaluations table lacks columns
+    db = sqlite3.connect(older)
+    db.execute("CREATE TABLE evaluations (key TEXT PRIMARY KEY, context TEXT, metric REAL)")
+    db.commit()
+    db.close()
+    with pytest.raises(FileError, match="not rankgym's"):
+        EvaluationStore(older)
+    assert [row[1] for row in sqlite3.connect(older).execute("PRAGMA table_info(evaluations)")] == ["key", "context", "metric"]
