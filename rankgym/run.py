@@ -180,6 +180,36 @@ class RunDir:
         self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self.config, self.resume = config, resume
+        self._lock = self._take_lock()
+
+    def _take_lock(self):
+        """One search per folder: an exclusive lock on ``run.lock`` for this process's lifetime (or
+        until :meth:`release`); a second process is refused, naming the holder's pid. The holding
+        process itself may open the folder again (a resume in the same Python session)."""
+        import fcntl
+        import os
+
+        handle = (self.path / LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            if holder == str(os.getpid()):
+                return None
+            raise ConfigError(f"another search (pid {holder}) is running in {self.path}; wait for it to end, or use another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
+    def release(self) -> None:
+        """Let another process use the folder (the search is over)."""
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
 
     @contextmanager
     def opening(self):
@@ -189,6 +219,7 @@ class RunDir:
         try:
             yield
         except BaseException:
+            self.release()
             if self.created:
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
@@ -268,10 +299,12 @@ class RunDir:
             "pool": pool,  # a Ray search's evaluations per worker and utilisation
         }
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.release()
         return summary
 
 
 HEADROOM_FILE = "headroom.json"
+LOCK_FILE = "run.lock"
 CONFIG_FIELDS = {"env_id": str, "agent": str, "budget": int, "seed": int, "env_kwargs": dict}
 
 

@@ -257,3 +257,20 @@ def test_a_shared_store_is_honoured_across_runs(tmp_path, sst2_dir):
     second = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert second["trained"] == 0 and second["cache_hits"] == second["evaluations"] == 2  # every map came from the shared store
     assert len(steps(tmp_path / "b")) == 2  # and each run keeps its own step log
+
+
+def test_a_second_search_into_the_same_folder_is_refused_naming_the_holder(tmp_path):
+    from rankgym.errors import ConfigError
+    from rankgym.run import RunDir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", f"from rankgym.run import RunDir; held = RunDir({str(run)!r}, {{}}); print('held', flush=True); "
+                                                     "import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"another search \\(pid {holder.pid}\\) is running"):
+            RunDir(run, {"agent": "random"})
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDir(run, {"agent": "random"}).release()  # free once the holder is gone
