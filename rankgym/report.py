@@ -166,7 +166,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
               f"{run['summary']['best_metric']:.4f}", f"{run['summary']['best_params']:,}", str(run["summary"]["evaluations"]),
               str(run["summary"]["trained"]), f"{run['summary']['seconds']:.0f}"] for run in runs]
     images = ["best_reward.png", "metric_vs_params.png", *heatmaps]
-    sections = [("Runs (search scores: examples held out of training)", header, table)] + promotion_tables(runs)
+    sections = [("Runs (search scores: examples held out of training)", header, table)] + headroom_table(runs) + promotion_tables(runs)
     md = ["# rankgym report"]
     for title, head, body in sections:
         md += ["", f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -180,6 +180,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     page += "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     (out / "report.html").write_text(page)
     return out
+
+
+def headroom_table(runs: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Whether each run's budget bound (the runs that measured it: a budget and the elastic evaluator)."""
+    body = [[str(run["path"]), f"{h['budget_params']:,}", h["best"], f"{100 * h['gap']:.1f} points",
+             "not measured" if h["noise"] is None else f"{100 * h['noise']:.1f} points", h["sentence"]]
+            for run in runs if isinstance(h := run["summary"].get("headroom"), dict)]
+    head = ["run", "budget (params)", "best free heuristic", "gap to uniform max_rank", "seed noise", ""]
+    return [("Headroom (elastic scores, score split)", head, body)] if body else []
 
 
 def promotion_tables(runs: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:

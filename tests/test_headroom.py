@@ -41,11 +41,13 @@ def test_headroom_command_on_tiny(tmp_path, sst2_dir):
 def test_a_budgeted_elastic_search_says_first_whether_the_budget_binds(tmp_path, sst2_dir):
     run = tmp_path / "run"
     args = ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "4", "--param-budget", "0.3", "--out", str(run),
-            "--no-promote", "--no-report", "--env", "evaluator='elastic'", "--env", "elastic_examples=64", "--env", "val_examples=64",
+            "--no-promote", "--env", "evaluator='elastic'", "--env", "elastic_examples=64", "--env", "val_examples=64",
             "--env", "device='cpu'", "--env", f"data_dir='{sst2_dir}'"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     headroom = json.loads((run / "summary.json").read_text())["headroom"]
     assert headroom["seeds"] == [0] and headroom["noise"] is None and f"headroom: {headroom['sentence']}" in result.output
+    report = (run / "report" / "report.md").read_text()
+    assert "## Headroom" in report and headroom["sentence"] in report
     rows = (run / "steps.csv").read_text().splitlines()
     assert len(rows) == 5  # the header and four maps: the heuristics count against the budget
