@@ -99,7 +99,11 @@ class RayEvaluator(Evaluator):
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      **({} if address else {"num_cpus": max(workers * worker_cpus, 1)}))
-        gpus = config.get("device", "auto") != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
+        available = int(ray.cluster_resources().get("GPU", 0))
+        gpus = config.get("device", "auto") != "cpu" and available >= 1
+        if gpus and workers > available:  # each GPU worker takes a whole GPU: more would wait for ever
+            raise ConfigError(f"{workers} Ray workers asked for, but the cluster has {available} GPU(s) and each GPU worker takes one; "
+                              f"pass --workers {available}, or --env device=cpu for CPU workers")
         actor = ray.remote(_Worker)
         options = dict(num_cpus=0 if gpus else worker_cpus, num_gpus=1 if gpus else 0, max_restarts=max_restarts,
                        max_task_retries=max_restarts)

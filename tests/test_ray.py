@@ -80,3 +80,14 @@ def test_a_worker_killed_mid_search_loses_and_repeats_nothing(tmp_path, sst2_dir
     assert killed and logged(pooled) == logged(quiet)  # every evaluation once, in order, with the same metric
     with (pooled / "steps.csv").open() as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 7))
+
+
+def test_more_gpu_workers_than_gpus_is_refused_instead_of_waiting_for_ever(monkeypatch):
+    from rankgym.errors import ConfigError
+    from rankgym.ray_pool import RayEvaluator
+    from rankgym.registry import EnvConfig
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})  # a one-GPU machine
+    config = EnvConfig(evaluator="fake", device="auto").to_dict()
+    with pytest.raises(ConfigError, match="2 Ray workers asked for, but the cluster has 1 GPU"):
+        RayEvaluator(config, workers=2)
