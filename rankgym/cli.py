@@ -180,12 +180,15 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--promote", type=int, default=3, show_default=True, help="Top maps retrained with the full recipe at the end.")
 @click.option("--promote-seeds", type=int, default=3, show_default=True, help="Seeds of every promotion retrain.")
 @click.option("--promote-examples", type=int, default=None, help="Training examples of a promotion retrain (default: the task's full recipe).")
+@click.option("--promote-halving", type=click.FloatRange(0), default=3.0, show_default=True,
+              help="After each seed, candidates this many seed spreads behind the leader stop (0: every candidate gets every seed).")
 @click.option("--no-promote", is_flag=True, help="Answer with the best search score, without retraining.")
 @click.option("--retry-failed", is_flag=True, help="With --resume: evaluate maps whose stored evaluation failed again.")
 @click.option("--allow-divergence", is_flag=True, help="With --resume: where the rerun differs from the log, replace the log from there.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
 def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options, n_envs, devices, ray_address, workers, worker_cpus,
-           param_budget, promote, promote_seeds, promote_examples, no_promote, retry_failed, allow_divergence, report) -> None:
+           param_budget, promote, promote_seeds, promote_examples, promote_halving, no_promote, retry_failed, allow_divergence,
+           report) -> None:
     """Search rank maps on ENV_ID with an agent; writes a run folder with the answer and a report.
 
     The answer is promoted: the top maps by search score (scored on examples held out of training)
@@ -213,7 +216,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
             env_id, agent, budget, seed = saved["env_id"], saved["agent"], saved["budget"], saved["seed"]
             env_kwargs, hyperparams, n_envs = saved.get("env_kwargs", {}), saved.get("hyperparams", {}), saved.get("n_envs", 1)
             devices = tuple(saved.get("devices", ()))
-            promotion = {k: saved[k] for k in ("promote", "promote_seeds", "promote_examples") if k in saved}
+            promotion = {k: saved[k] for k in ("promote", "promote_seeds", "promote_examples", "promote_halving") if k in saved}
             out = resume_dir
         else:
             if not env_id:
@@ -229,7 +232,8 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
                     n_envs = workers  # one environment per worker: their steps evaluate side by side
             if min(promote, promote_seeds, promote_examples or 1) < 0 or (promote and not (promote_seeds and promote_examples != 0)):
                 fail("--promote, --promote-seeds and --promote-examples must be >= 1 (or --no-promote)")
-            promotion = dict(promote=0 if no_promote else promote, promote_seeds=promote_seeds, promote_examples=promote_examples)
+            promotion = dict(promote=0 if no_promote else promote, promote_seeds=promote_seeds, promote_examples=promote_examples,
+                             promote_halving=promote_halving)
         import gymnasium as gym
 
         import rankgym  # noqa: F401
@@ -261,8 +265,11 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
             mark = "winner" if row["label"] == table["winner"] else ("ties" if row["label"] in table.get("tied", []) else "")
             searched = f"search {row['search_metric']:.4f}" if row["search_metric"] is not None else "not searched"
             chosen = f"score {row['score_mean']:.4f} ± {row['score_std']:.4f} | " if "score_mean" in row else ""
+            seeds = f" | {row['seeds']} seed{'s' if row['seeds'] != 1 else ''}, stopped" if row.get("stopped") else ""
             click.echo(f"  {row['label']:28s} {chosen}validation {row['mean']:.4f} ± {row['std']:.4f} | {row['params']:>9,} adapter "
-                       f"parameters | {searched}  {mark}")
+                       f"parameters | {searched}{seeds}  {mark}")
+        if any(row.get("stopped") for row in table["rows"]):
+            click.echo("stopped rows fell more than --promote-halving seed spreads behind the leader on the score split (summary.json says by how much)")
         if table.get("tied"):
             click.echo(f"the leaders tie within the seed spread on the score split ({', '.join([table['winner'], *table['tied']])}): "
                        "the answer is the one with the fewest adapter parameters")

@@ -48,12 +48,16 @@ class Promotion:
         seeds: seeds 0 .. seeds - 1 for every retrain.
         examples: training examples of a retrain (None: the task's full recipe, :func:`rankgym.recipe.full_recipe`).
         heuristics: also retrain the free heuristics at the search's parameter budget (PRILoRA, EVA).
+        halving: successive halving: after the first seed, a candidate whose score-split choice is
+            more than ``halving`` x the seed spread (pooled over the rows that get every seed)
+            behind the leader stops; None retrains every candidate with every seed.
     """
 
     top_k: int = 3
     seeds: int = 3
     examples: int | None = None
     heuristics: bool = True
+    halving: float | None = 3.0
 
 
 def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
@@ -69,18 +73,19 @@ def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
             continue
         seen.add(key)
         chosen.append({"label": row["label"] or f"search #{len(chosen) + 1}", "ranks": ranks,
-                       "search_metric": row["metric"], "search_score": row["score"]})
+                       "search_metric": row["metric"], "search_score": row["score"], "roles": ["search"]})
         if len(chosen) == top_k:
             break
-    for name, ranks in [(_initial_name(initial), initial), *extra]:
+    for role, name, ranks in [("uniform", _initial_name(initial), initial), *(("heuristic", n, r) for n, r in extra)]:
         key = json.dumps(ranks, sort_keys=True)
         match = next((c for c in chosen if json.dumps(c["ranks"], sort_keys=True) == key), None)
         if match:
             match["label"] += f" (= {name})"
+            match["roles"].append(role)
             continue
         logged = next((r for r in rows if json.dumps(json.loads(r["rank_map"]), sort_keys=True) == key and r["error"] is None), None)
         chosen.append({"label": name, "ranks": ranks, "search_metric": logged and logged["metric"],
-                       "search_score": logged and logged["score"]})
+                       "search_score": logged and logged["score"], "roles": [role]})
     return chosen
 
 
@@ -122,7 +127,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     import gymnasium as gym
 
     from rankgym.budget import budget_params, default_lam, project
-    from rankgym.evaluators.base import Evaluation, adapter_params, is_map_failure
+    from rankgym.evaluators.base import adapter_params
     from rankgym.recipe import full_recipe
     from rankgym.registry import EnvConfig
     from rankgym.store import EvaluationStore
@@ -152,53 +157,97 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     values: list[list[float]] = [[] for _ in chosen]
     scores: list[list[float]] = [[] for _ in chosen]
     errors: list[list[str]] = [[] for _ in chosen]
-    metric = None
+    stopped: dict[int, str] = {}
+    params = [adapter_params(modules, c["ranks"]) for c in chosen]
+
+    def choice(i: int) -> float:
+        return _summary(scores[i])[0] - lam * params[i] / reference
+
+    metric, keep = None, set(range(len(chosen)))
     for seed in range(promotion.seeds):
         evaluator = _retrainer(config, recipe, seed, max(max(c["ranks"].values()) for c in chosen))
         metric = evaluator.data.metric
-        context = store.register(evaluator.identity(), evaluator.modules)
-        score_context = store.register(evaluator.score_identity(), evaluator.modules)
-        template = evaluator.template()
-        for i, candidate in enumerate(chosen):
-            rank_map = template.replace(candidate["ranks"])
-            evaluation, scored = store.get(context, rank_map), store.get(score_context, rank_map)
-            if evaluation is None or scored is None:
-                try:
-                    evaluation, scored = evaluator.evaluate_both(rank_map)
-                except Exception as err:  # a map's own failure is reported in the table (and stored), not fatal
-                    if not is_map_failure(err):
-                        raise
-                    evaluation = scored = Evaluation(math.nan, adapter_params(modules, candidate["ranks"]), 0.0,
-                                                     error=f"{type(err).__name__}: {err}")
-                evaluation = store.put(context, rank_map, evaluation)
-                scored = store.put(score_context, rank_map, scored)
-                if adapter_dir is not None and seed == 0 and evaluation.ok and any(rank_map.ranks.values()):
-                    try:
-                        evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
-                    except OSError as err:  # the retrain stands; the winner's weights are retrained if it wins
-                        log.warning("could not stage the trained adapter of %s: %s", candidate["label"], err)
-            if evaluation.error:
-                errors[i].append(f"seed {seed}: {evaluation.error}")
-            values[i].append(evaluation.metric)
-            scores[i].append(scored.metric)
+        contexts = store.register(evaluator.identity(), evaluator.modules), store.register(evaluator.score_identity(), evaluator.modules)
+        first = sorted(keep) if seed else list(range(len(chosen)))
+        for i in first:
+            _retrain(i, seed, chosen[i], evaluator, contexts, store, values, scores, errors, modules, staging)
             bar.update(1)
+        if seed == 0 and promotion.halving is not None:  # who gets every seed: the leader and the rows the table compares
+            keep = _references(chosen, [choice(i) for i in range(len(chosen))])
+        elif seed and promotion.halving is not None:
+            spread = _pooled_std([scores[i] for i in keep])
+            lead = max(choice(i) for i in keep)
+            for i in set(range(len(chosen))) - keep - set(stopped):
+                if lead - choice(i) > promotion.halving * spread:
+                    stopped[i] = (f"stopped after {seed} seed(s): {lead - choice(i):.4f} behind the leader on the score split, "
+                                  f"more than {promotion.halving:g} x the seed spread ({spread:.4f})")
+                    bar.update(promotion.seeds - seed)
+        for i in range(len(chosen)):
+            if i not in keep and i not in stopped and (seed or promotion.halving is None):
+                _retrain(i, seed, chosen[i], evaluator, contexts, store, values, scores, errors, modules, staging)
+                bar.update(1)
         evaluator.close()
     bar.close()
 
     table = []
-    for candidate, vals, score_vals, errs in zip(chosen, values, scores, errors):
-        params = adapter_params(modules, candidate["ranks"])
+    for i, (candidate, vals, score_vals, errs) in enumerate(zip(chosen, values, scores, errors)):
         mean, std = _summary(vals)
         score_mean, score_std = _summary(score_vals)
-        table.append({**candidate, "params": params, "values": vals, "mean": mean, "std": std,
+        table.append({**candidate, "params": params[i], "values": vals, "mean": mean, "std": std,
                       "score_values": score_vals, "score_mean": score_mean, "score_std": score_std,
-                      "choice": score_mean - lam * params / reference, "errors": errs})
+                      "choice": score_mean - lam * params[i] / reference, "errors": errs, "seeds": len(vals),
+                      "stopped": stopped.get(i)})
     winner, tied = choose(table)
     if adapter_dir is not None and winner is not None and any(winner["ranks"].values()):
         _keep_winner_adapter(Path(adapter_dir), staging, winner, config, recipe)
     return {"recipe": recipe.to_dict(), "seeds": list(range(promotion.seeds)), "split": "validation", "chosen_on": "score",
             "reported_on": "validation", "lam": lam, "metric": metric, "rows": table, "winner": winner and winner["label"],
             "tied": tied}
+
+
+def _retrain(i: int, seed: int, candidate: dict[str, Any], evaluator, contexts, store, values, scores, errors, modules,
+             staging: Path | None) -> None:
+    """One candidate's retrain with ``seed`` (from the store where it holds both splits), appended to the tables."""
+    from rankgym.evaluators.base import Evaluation, adapter_params, is_map_failure
+
+    rank_map = evaluator.template().replace(candidate["ranks"])
+    evaluation, scored = store.get(contexts[0], rank_map), store.get(contexts[1], rank_map)
+    if evaluation is None or scored is None:
+        try:
+            evaluation, scored = evaluator.evaluate_both(rank_map)
+        except Exception as err:  # a map's own failure is reported in the table (and stored), not fatal
+            if not is_map_failure(err):
+                raise
+            evaluation = scored = Evaluation(math.nan, adapter_params(modules, candidate["ranks"]), 0.0, error=f"{type(err).__name__}: {err}")
+        evaluation = store.put(contexts[0], rank_map, evaluation)
+        scored = store.put(contexts[1], rank_map, scored)
+        if staging is not None and seed == 0 and evaluation.ok and any(rank_map.ranks.values()):
+            try:
+                evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
+            except OSError as err:  # the retrain stands; the winner's weights are retrained if it wins
+                log.warning("could not stage the trained adapter of %s: %s", candidate["label"], err)
+    if evaluation.error:
+        errors[i].append(f"seed {seed}: {evaluation.error}")
+    values[i].append(evaluation.metric)
+    scores[i].append(scored.metric)
+
+
+def _references(chosen: list[dict[str, Any]], choices: list[float]) -> set[int]:
+    """The rows that get every seed: the leader after the first seed, the uniform row, the best heuristic."""
+    finite = [i for i, c in enumerate(choices) if math.isfinite(c)]
+    keep = {i for i, c in enumerate(chosen) if "uniform" in c["roles"]}
+    if finite:
+        keep.add(max(finite, key=lambda i: choices[i]))
+    heuristics = [i for i in finite if "heuristic" in chosen[i]["roles"]]
+    if heuristics:
+        keep.add(max(heuristics, key=lambda i: choices[i]))
+    return keep
+
+
+def _pooled_std(groups: list[list[float]]) -> float:
+    """The seed standard deviation pooled over rows (each row's own variance, averaged)."""
+    variances = [statistics.variance(v) for v in ([x for x in g if math.isfinite(x)] for g in groups) if len(v) > 1]
+    return math.sqrt(statistics.fmean(variances)) if variances else 0.0
 
 
 def _stage_key(ranks: dict[str, int]) -> str:

@@ -315,7 +315,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} holds no config.json: is it a run folder written by `rankgym search`?")
     config = require(read_json(config_file, "a run's config.json"), config_file, CONFIG_FIELDS, "a run's config.json")
     optional = {"hyperparams": dict, "n_envs": int, "devices": list, "promote": int, "promote_seeds": int,
-                "promote_examples": (int, type(None))}
+                "promote_examples": (int, type(None)), "promote_halving": (int, float)}
     require(config, config_file, {k: v for k, v in optional.items() if k in config}, "a run's config.json")
     return config
 
@@ -452,6 +452,7 @@ class SearchArgs:
     promote: int = 3  # distinct top maps retrained with the full recipe at the end (0: no promotion)
     promote_seeds: int = 3  # seeds of every promotion retrain
     promote_examples: int | None = None  # training examples of a promotion retrain (None: the task's full recipe)
+    promote_halving: float = 3.0  # a candidate this many seed spreads behind the leader after a seed stops (0: every seed)
     retry_failed: bool = False  # evaluate stored failures again (e.g. a transient out-of-memory) when resuming
     allow_divergence: bool = False  # a resumed run that differs from its log replaces the log from there on
 
@@ -464,12 +465,14 @@ class SearchArgs:
         """What a run folder's config.json records of these arguments (resuming must not change it);
         an agent's own fields go under ``hyperparams``, which ``--resume`` hands back to it."""
         config = {"env_id": self.env_id, "seed": self.seed, "budget": self.budget, "env_kwargs": self.env_kwargs,
-                  "promote": self.promote, "promote_seeds": self.promote_seeds, "promote_examples": self.promote_examples}
+                  "promote": self.promote, "promote_seeds": self.promote_seeds, "promote_examples": self.promote_examples,
+                  "promote_halving": self.promote_halving}
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in {g.name for g in fields(SearchArgs)}}
         return {**config, "hyperparams": own} if own else config
 
     def promotion(self) -> Promotion | None:
-        return Promotion(self.promote, self.promote_seeds, self.promote_examples) if self.promote > 0 else None
+        return (Promotion(self.promote, self.promote_seeds, self.promote_examples, halving=self.promote_halving or None)
+                if self.promote > 0 else None)
 
 
 def parse_cli(cls: type, description: str, argv: list[str] | None = None):

@@ -166,3 +166,23 @@ def test_promotion_under_a_budget_retrains_the_free_heuristics_once(tmp_path, ss
     before = (run / "heuristics.json").read_bytes()
     assert CliRunner().invoke(main, ["search", "--resume", str(run), "--no-report"]).exit_code == 0
     assert (run / "heuristics.json").read_bytes() == before
+
+
+def test_successive_halving_stops_candidates_far_behind_and_completes_the_rows_it_compares(tmp_path, sst2_dir):
+    run = tmp_path / "run"
+    args = ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "4", "--seed", "1", "--out", str(run),
+            "--promote", "3", "--promote-seeds", "3", "--promote-examples", "32", "--promote-halving", "0.000001", "--no-report",
+            *TINY_FAST, "--env", f"data_dir='{sst2_dir}'"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    table = json.loads((run / "summary.json").read_text())["promotion"]
+    rows = {row["label"]: row for row in table["rows"]}
+    winner, uniform = rows[table["winner"]], next(row for row in table["rows"] if "uniform" in row["roles"])
+    assert len(winner["values"]) == len(uniform["values"]) == 3 and winner["stopped"] is None and uniform["stopped"] is None
+    stopped = [row for row in table["rows"] if row["stopped"]]
+    assert stopped, "with a margin of a millionth of a spread, some candidate falls behind"
+    for row in stopped:
+        assert len(row["values"]) == len(row["score_values"]) == row["seeds"] < 3 and "behind the leader" in row["stopped"]
+    # every retrain is stored once per split: what ran is what the table shows
+    retrains = sum(row["seeds"] for row in table["rows"])
+    assert stored(run) - 4 == 2 * retrains  # the search's 4 evaluations, then two splits per retrain
