@@ -12,3 +12,8 @@ class ConfigError(RankgymError, ValueError):
 
 class FileError(RankgymError, ValueError):
     """A file the user handed in cannot be read: the message names the file and the problem."""
+
+
+class MapFailure(RankgymError):
+    """A failure of the evaluated rank map itself (a diverged fine-tune, a map a table never recorded):
+    stored and replayed as that map's result, never a reason to stop a search."""

@@ -20,13 +20,13 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from rankgym import metrics
 from rankgym.backbones import init_head
-from rankgym.errors import RankgymError
+from rankgym.errors import MapFailure
 from rankgym.lora.inject import lora_layers
 from rankgym.recipe import Recipe
 from rankgym.tasks import Encoded
 
 
-class TrainingDiverged(RankgymError, RuntimeError):
+class TrainingDiverged(MapFailure, RuntimeError):
     """The training loss became NaN or infinite."""
 
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from rankgym.errors import MapFailure
 from rankgym.rankmap import RankMap
 from rankgym.recipe import ALPHA_POLICY
 
@@ -47,14 +48,12 @@ class Evaluation:
 def is_map_failure(err: BaseException) -> bool:
     """Whether ``err`` is a failure of the map itself, the only kind stored and replayed as its result.
 
-    The whitelist: a diverged fine-tune (:class:`~rankgym.training.TrainingDiverged`, a NaN or
-    infinite loss) and running out of memory (GPU or CPU). Anything else (a programming error, a
-    misconfiguration, a missing file) says nothing about the map: it stops the run with its
-    message, and nothing is stored.
+    The whitelist: a :class:`~rankgym.errors.MapFailure` (a diverged fine-tune, a NaN or infinite
+    loss; a map a replayed table never recorded) and running out of memory (GPU or CPU). Anything
+    else (a programming error, a misconfiguration, a missing file) says nothing about the map: it
+    stops the run with its message, and nothing is stored.
     """
-    from rankgym.training import TrainingDiverged
-
-    if isinstance(err, (TrainingDiverged, MemoryError)):
+    if isinstance(err, (MapFailure, MemoryError)):
         return True
     message = str(err).lower()
     return isinstance(err, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rankgym.errors import RankgymError
+from rankgym.errors import MapFailure
 from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
 from rankgym.rankmap import RankMap
 from rankgym.store import EvaluationStore
 
 
-class NotRecorded(RankgymError, LookupError):
+class NotRecorded(MapFailure, LookupError):
     """The replayed store holds no evaluation of this rank map."""
 
 
