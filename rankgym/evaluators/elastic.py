@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ class ElasticEvaluator(FinetuneEvaluator):
 
             # finetune ends with a validation pass; one example keeps it cheap (maps are scored one by one later)
             self.last_result = finetune(self.model, self.train_set, self.val_set.take([0]), self.tokenizer.pad_token_id,
-                                        self.recipe, self.seed, progress=self.progress, description="elastic adapter",
+                                        self.recipe, self.seed, progress=self.progress or sys.stderr.isatty(),  # minutes: a bar with an ETA
+                                        description="elastic adapter",
                                         before_step=draw)
             self.training_seconds = time.perf_counter() - start
             self.source = "trained"
