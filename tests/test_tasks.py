@@ -112,3 +112,34 @@ def test_regression_targets_are_standardized_without_changing_the_metric(sst2_di
     slope, intercept = np.polyfit(raw, scaled, 1)  # one affine map for every target
     np.testing.assert_allclose(scaled, slope * raw + intercept, atol=1e-5)
     assert metrics.pearson(PRED_VALUES[:64], raw[:64]) == pytest.approx(metrics.pearson(PRED_VALUES[:64], scaled[:64]))
+
+
+def test_each_task_has_its_recipe_and_what_a_user_types_wins():
+    from rankgym.errors import ConfigError
+    from rankgym.recipe import Recipe, full_recipe
+    from rankgym.registry import EnvConfig, recipe_of
+
+    assert full_recipe("sst2") == Recipe()
+    assert full_recipe("rte").epochs > 1 and full_recipe("rte").max_length == 256
+    assert full_recipe("rte", epochs=2, lr=5e-4).epochs == 2 and full_recipe("rte", epochs=None).epochs == full_recipe("rte").epochs
+    step = recipe_of(EnvConfig(task="rte", train_examples=1024, max_grad_norm=None))
+    assert step.epochs == 1 and step.max_length == 256 and step.max_grad_norm is None  # a step is one short pass
+    for bad in (dict(epochs=0), dict(train_examples=1.5), dict(lr=0.0)):
+        with pytest.raises(ConfigError):
+            Recipe(**bad)
+
+
+def test_epochs_are_full_passes_each_in_its_own_order():
+    import torch
+
+    from rankgym.tasks import Encoded
+    from rankgym.training import training_order
+
+    data = Encoded([torch.zeros(n % 7 + 1, dtype=torch.long) for n in range(100)], torch.zeros(100, dtype=torch.long))
+    one = training_order(data, 8, seed=3)
+    three = training_order(data, 8, seed=3, epochs=3)
+    assert len(three) == 3 * len(one) and three[: len(one)] == one  # the first pass is the one-epoch order
+    passes = [three[k * len(one):(k + 1) * len(one)] for k in range(3)]
+    for batches in passes:
+        assert sorted(i for batch in batches for i in batch) == list(range(100))
+    assert passes[1] != passes[0] and passes[2] != passes[1]
