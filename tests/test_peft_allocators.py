@@ -63,8 +63,13 @@ def test_a_peft_allocator_refuses_the_fake_env(tmp_path):
 
 
 def test_adalora_refuses_a_budget_below_uniform_rank_1(tmp_path, sst2_dir):
-    # tiny: max_rank 16, so 0.05 of uniform-16 is 0.8 of uniform rank 1, below AdaLoRA's least (a whole target rank)
+    # tiny: max_rank 8, so 0.05 of uniform-8 is 0.4 of uniform rank 1, below AdaLoRA's least (a whole target rank);
+    # uniform rank 1 is 1/8 = 0.125 of it, so 0.13 is just above and is not refused
     result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "adalora", "--out", str(tmp_path / "r"),
                                        "--no-promote", "--no-report", "--param-budget", "0.05", "--env", "train_examples=32",
                                        "--env", "val_examples=32", "--env", "device='cpu'"])
     assert result.exit_code == 2 and "AdaLoRA keeps at least uniform rank 1" in result.output and "raise --param-budget" in result.output
+    above = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "adalora", "--out", str(tmp_path / "a"),
+                                      "--no-promote", "--no-report", "--param-budget", "0.13", "--set", "train_examples=32",
+                                      "--env", "train_examples=32", "--env", "val_examples=32", "--env", "device='cpu'"])
+    assert above.exit_code == 0, above.output
