@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rankgym.evaluators.base import adapter_params
+from rankgym.core import adapter_params
 from rankgym.run import SearchArgs, evaluate_batch, finish_search, open_search, parse_cli
 from rankgym.strategies import baseline_maps
 

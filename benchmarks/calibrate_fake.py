@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from rankgym.evaluators.base import ModuleInfo
+from rankgym.core import ModuleInfo
 from rankgym.evaluators.fake import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]

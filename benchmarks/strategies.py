@@ -104,7 +104,7 @@ def main() -> None:
     import gymnasium as gym
 
     import rankgym  # noqa: F401
-    from rankgym.evaluators.base import adapter_params
+    from rankgym.core import adapter_params
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

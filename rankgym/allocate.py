@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import ModuleInfo, adapter_params
+from rankgym.core import ModuleInfo, adapter_params
 
 LEVELS = (0, 1, 2, 3, 4, 6, 8, 12, 16)
 

@@ -370,10 +370,10 @@ def init_head(model: nn.Module, generator: torch.Generator) -> None:
 
 
 def module_infos(model: nn.Module, spec: BackboneSpec):
-    """:class:`~rankgym.evaluators.base.ModuleInfo` of every default module: kind, block, shape, spectrum."""
+    """:class:`~rankgym.core.ModuleInfo` of every default module: kind, block, shape, spectrum."""
     import torch
 
-    from rankgym.evaluators.base import ModuleInfo
+    from rankgym.core import ModuleInfo
     from rankgym.lora.layer import base_shape
 
     infos = []

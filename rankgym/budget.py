@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import ModuleInfo, adapter_params
+from rankgym.core import ModuleInfo, adapter_params
 
 
 def default_lam(param_budget: float | None) -> float:

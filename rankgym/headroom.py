@@ -98,7 +98,7 @@ def headroom(config, seeds: Sequence[int] = (0, 1), on_seed=None) -> Headroom:
 
     from rankgym.budget import budget_params
     from rankgym.errors import ConfigError
-    from rankgym.evaluators.base import adapter_params
+    from rankgym.core import adapter_params
     from rankgym.registry import build_evaluator
 
     if config.param_budget is None:

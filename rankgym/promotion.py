@@ -127,7 +127,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     import gymnasium as gym
 
     from rankgym.budget import budget_params, default_lam, project
-    from rankgym.evaluators.base import adapter_params
+    from rankgym.core import adapter_params
     from rankgym.recipe import full_recipe
     from rankgym.registry import EnvConfig
     from rankgym.store import EvaluationStore
@@ -208,7 +208,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
 def _retrain(i: int, seed: int, candidate: dict[str, Any], evaluator, contexts, store, values, scores, errors, modules,
              staging: Path | None) -> None:
     """One candidate's retrain with ``seed`` (from the store where it holds both splits), appended to the tables."""
-    from rankgym.evaluators.base import Evaluation, adapter_params, is_map_failure
+    from rankgym.core import Evaluation, adapter_params, is_map_failure
 
     rank_map = evaluator.template().replace(candidate["ranks"])
     evaluation, scored = store.get(contexts[0], rank_map), store.get(contexts[1], rank_map)

@@ -26,8 +26,9 @@ import time
 from typing import Any
 
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import is_map_failure
-from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
+from rankgym.core import is_map_failure
+from rankgym.core import Evaluation, ModuleInfo
+from rankgym.evaluators.base import Evaluator
 from rankgym.rankmap import RankMap
 
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rankgym.errors import ConfigError, FileError  # noqa: E402
-from rankgym.evaluators.base import ModuleInfo  # noqa: E402
+from rankgym.core import ModuleInfo  # noqa: E402
 from rankgym.files import read_json, require  # noqa: E402
 from rankgym.rankmap import RankMap  # noqa: E402
 from rankgym.store import EvaluationStore  # noqa: E402

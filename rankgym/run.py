@@ -392,7 +392,7 @@ def evaluate_batch(env, log: StepLog, progress: Progress, batch, labels: list[st
 
 def strategy_budget(env) -> int:
     """The parameter budget a one-shot strategy aims at: the env's ``param_budget``, else the uniform map it starts from."""
-    from rankgym.evaluators.base import adapter_params
+    from rankgym.core import adapter_params
 
     return env.budget if env.budget is not None else adapter_params(env.modules, env.initial)
 
@@ -417,7 +417,7 @@ def one_shot(args: "SearchArgs", agent: str, recipe: Recipe, propose, needs_rank
     returns its ranks by module name; the map is evaluated once, logged under ``agent``, and the
     search finished (promoted) like any other. ``needs_rank_1`` (why, e.g. "growth starts every
     module at rank 1") refuses a budget below uniform rank 1 before the model is loaded."""
-    from rankgym.evaluators.base import adapter_params
+    from rankgym.core import adapter_params
 
     started = time.time()
     args = replace(args, budget=1)  # one map, one evaluation

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rankgym.errors import FileError
-from rankgym.evaluators.base import Evaluation, ModuleInfo
+from rankgym.core import Evaluation, ModuleInfo
 from rankgym.rankmap import RankMap
 
 # The schema's version, kept in SQLite's user_version. A file no rankgym had versioned reads 0; its

@@ -10,7 +10,7 @@ from peft import LoraConfig
 
 from rankgym.allocate import article_maps, split_budget
 from rankgym.cli import main
-from rankgym.evaluators.base import ModuleInfo, adapter_params
+from rankgym.core import ModuleInfo, adapter_params
 
 
 @pytest.mark.parametrize("seed", range(5))

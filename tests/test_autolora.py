@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from rankgym.cli import main
-from rankgym.evaluators.base import ModuleInfo, adapter_params
+from rankgym.core import ModuleInfo, adapter_params
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.layer import LoRALayer
 from rankgym.recipe import Recipe

@@ -13,7 +13,7 @@ import rankgym  # noqa: F401  (registers the ids)
 from rankgym.budget import budget_params, project
 from rankgym.cli import main
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import ModuleInfo, adapter_params
+from rankgym.core import ModuleInfo, adapter_params
 
 
 def modules(rng, n):

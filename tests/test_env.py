@@ -14,7 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rankgym  # noqa: F401  (registers the ids)
 from rankgym.envs.rank_search import RankSearchEnv
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import Evaluation
+from rankgym.core import Evaluation
 from rankgym.evaluators.fake import FakeEvaluator
 from rankgym.store import EvaluationStore
 from rankgym.training import TrainingDiverged

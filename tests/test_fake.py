@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import rankgym  # noqa: F401
-from rankgym.evaluators.base import adapter_params
+from rankgym.core import adapter_params
 from rankgym.evaluators.fake import CALIBRATION, FakeEvaluator
 from rankgym.rankmap import RankMap
 

@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from rankgym.cli import main
-from rankgym.evaluators.base import adapter_params
+from rankgym.core import adapter_params
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.layer import LoRALayer
 from rankgym.recipe import Recipe

@@ -12,7 +12,7 @@ from rankgym.agents import ppo
 import rankgym  # noqa: F401
 from rankgym.cli import main
 from rankgym.envs.allocation import RankAllocationEnv
-from rankgym.evaluators.base import adapter_params
+from rankgym.core import adapter_params
 
 
 def test_an_episode_sets_each_module_once_and_scores_the_map_once():

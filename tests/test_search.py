@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from peft import LoraConfig
 
 from rankgym.cli import main
-from rankgym.evaluators.base import ModuleInfo, adapter_params
+from rankgym.core import ModuleInfo, adapter_params
 from rankgym.rankmap import RankMap
 from rankgym.report import pareto_front
 from rankgym.strategies import preset_ranks, spectral_ranks

@@ -13,7 +13,7 @@ from sklearn.model_selection import KFold
 
 import rankgym  # noqa: F401  (registers the ids)
 from rankgym.cli import main
-from rankgym.evaluators.base import ModuleInfo
+from rankgym.core import ModuleInfo
 from rankgym.evaluators.surrogate import SHIPPED, _model, features, held_out_error, load_table
 
 

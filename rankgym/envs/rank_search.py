@@ -32,7 +32,8 @@ import numpy as np
 from rankgym.backbones import KINDS
 from rankgym.budget import budget_params, default_lam, project
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import Evaluation, Evaluator, adapter_params, is_map_failure
+from rankgym.core import Evaluation, adapter_params, is_map_failure
+from rankgym.evaluators.base import Evaluator
 from rankgym.rankmap import RankMap
 from rankgym.store import EvaluationStore
 
@@ -199,7 +200,7 @@ class RankSearchEnv(gym.Env):
     def evaluate_all(self, maps: Sequence[RankMap]) -> list[Evaluation]:
         """Store hits first; the remaining distinct maps in one ``evaluate_many`` call where the
         evaluator has one (batched, Ray), else one by one; each written to the store at once.
-        A failure of a map itself (:func:`~rankgym.evaluators.base.is_map_failure`: NaN, out of
+        A failure of a map itself (:func:`~rankgym.core.is_map_failure`: NaN, out of
         memory) is its stored result and must not kill a search; any other exception propagates, and
         nothing of the call is stored."""
         found = [self.lookup(m) for m in maps]

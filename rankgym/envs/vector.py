@@ -16,7 +16,7 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 from rankgym.envs.rank_search import RankSearchEnv
-from rankgym.evaluators.base import Evaluation
+from rankgym.core import Evaluation
 from rankgym.rankmap import RankMap
 
 OnEvaluation = Callable[[int, str, dict, float], None]

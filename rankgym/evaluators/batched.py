@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rankgym.backbones import head_modules
-from rankgym.evaluators.base import Evaluation
+from rankgym.core import Evaluation
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.batched import BatchedLinear, BatchedLoRALayer
 from rankgym.rankmap import RankMap

@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rankgym.backbones import head_modules
-from rankgym.evaluators.base import Evaluation
+from rankgym.core import Evaluation
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.inject import lora_layers
 from rankgym.rankmap import RankMap

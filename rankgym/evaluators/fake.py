@@ -40,7 +40,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from rankgym import __version__
-from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo, adapter_params
+from rankgym.core import Evaluation, ModuleInfo, adapter_params
+from rankgym.evaluators.base import Evaluator
 from rankgym.rankmap import RankMap
 
 KINDS = ("query", "key", "value", "attn_out", "mlp_in", "mlp_out")

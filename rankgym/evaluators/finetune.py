@@ -20,7 +20,8 @@ import torch
 from rankgym import __version__
 from rankgym.backbones import get_backbone, load_backbone, module_infos
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
+from rankgym.core import Evaluation, ModuleInfo
+from rankgym.evaluators.base import Evaluator
 from rankgym.lora.inject import apply_rank_map, save_peft_adapter
 from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from rankgym.errors import MapFailure
-from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo
+from rankgym.core import Evaluation, ModuleInfo
+from rankgym.evaluators.base import Evaluator
 from rankgym.rankmap import RankMap
 from rankgym.store import EvaluationStore
 

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from rankgym.errors import ConfigError
-from rankgym.evaluators.base import Evaluation, Evaluator, ModuleInfo, adapter_params
+from rankgym.core import Evaluation, ModuleInfo, adapter_params
+from rankgym.evaluators.base import Evaluator
 from rankgym.files import read_json, require
 from rankgym.rankmap import RankMap
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from rankgym.evaluators.base import Evaluation
+from rankgym.core import Evaluation
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.rankmap import RankMap
 from rankgym.training import finetune, init_adapters

@@ -1,6 +1,6 @@
 """Non-RL rank choosers: each turns a module list (and a budget) into rank maps to evaluate.
 
-They all speak :class:`~rankgym.evaluators.base.ModuleInfo`, so they work on any backbone the
+They all speak :class:`~rankgym.core.ModuleInfo`, so they work on any backbone the
 environment knows, fake included.
 """
 

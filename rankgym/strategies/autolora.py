@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rankgym.evaluators.base import ModuleInfo
+from rankgym.core import ModuleInfo
 from rankgym.lora.inject import apply_rank_map
 from rankgym.lora.layer import LoRALayer
 from rankgym.rankmap import RankMap

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rankgym.evaluators.base import ModuleInfo, adapter_params
+from rankgym.core import ModuleInfo, adapter_params
 
 # The article's layer-type presets (section 5.1): rank per module kind, low / medium / high.
 # A gated MLP's gate gets its up projection's rank; a module no table knows ("other") the middle one.

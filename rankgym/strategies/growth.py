@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from rankgym.evaluators.base import ModuleInfo, adapter_params
+from rankgym.core import ModuleInfo, adapter_params
 from rankgym.lora.inject import apply_rank_map
 from rankgym.rankmap import RankMap
 from rankgym.recipe import ALPHA_POLICY, Recipe

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rankgym.budget import budget_rank, project
-from rankgym.evaluators.base import ModuleInfo
+from rankgym.core import ModuleInfo
 from rankgym.files import read_json
 from rankgym.strategies.baselines import prilora_ranks
 

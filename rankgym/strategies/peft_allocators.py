@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rankgym.evaluators.base import ModuleInfo
+from rankgym.core import ModuleInfo
 from rankgym.recipe import Recipe
 from rankgym.tasks import Encoded
 from rankgym.training import batch_inputs, finetune, training_order
