@@ -99,7 +99,7 @@ def headroom(config, seeds: Sequence[int] = (0, 1), on_seed=None) -> Headroom:
     from rankgym.budget import budget_params
     from rankgym.errors import ConfigError
     from rankgym.core import adapter_params
-    from rankgym.registry import build_evaluator
+    from rankgym.evaluators.factory import build_evaluator
 
     if config.param_budget is None:
         raise ConfigError("headroom compares against a parameter budget: give --param-budget (a fraction of uniform max_rank, or a count)")

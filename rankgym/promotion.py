@@ -258,7 +258,7 @@ def _stage_key(ranks: dict[str, int]) -> str:
 def _retrainer(config, recipe, seed: int, max_rank: int):
     """The finetune evaluator of a promotion retrain: the full recipe, validated on the validation split."""
     from rankgym.evaluators.finetune import FinetuneEvaluator
-    from rankgym.registry import alpha_policy_of
+    from rankgym.evaluators.factory import alpha_policy_of
 
     return FinetuneEvaluator(config.backbone, config.task, recipe, seed, config.device, max_rank=max_rank or 1, score_on="validation",
                              score_examples=config.score_examples, model_name_or_path=config.model_name_or_path,

@@ -23,11 +23,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
+from rankgym.core import Evaluation, ModuleInfo, is_map_failure
 from rankgym.errors import ConfigError
-from rankgym.core import is_map_failure
-from rankgym.core import Evaluation, ModuleInfo
 from rankgym.evaluators.base import Evaluator
 from rankgym.rankmap import RankMap
 
@@ -41,15 +40,13 @@ def _ray():
 
 
 class _Worker:
-    """The evaluator of one actor, built from the environment's config where the actor runs."""
+    """The evaluator of one actor, built by the factory where the actor runs."""
 
-    def __init__(self, config: dict[str, Any], threads: int, index: int) -> None:
+    def __init__(self, factory: Callable[[], Evaluator], threads: int, index: int) -> None:
         import torch
 
-        from rankgym.registry import EnvConfig, build_evaluator
-
         torch.set_num_threads(threads)
-        self.evaluator, self.index = build_evaluator(EnvConfig(**config)), index
+        self.evaluator, self.index = factory(), index
 
     def describe(self) -> tuple[dict[str, Any], list[ModuleInfo], dict[str, Any], str, bool]:
         e = self.evaluator
@@ -79,29 +76,31 @@ class RayEvaluator(Evaluator):
     """An evaluator whose evaluations run on ``workers`` Ray actors.
 
     Args:
-        config: the environment's resolved config (:class:`rankgym.registry.EnvConfig` as a dict).
+        factory: a picklable callable that builds one evaluator (each actor calls it once, where it runs).
         workers: actors, each holding one evaluator.
         address: ``"auto"`` joins a running cluster, an address joins that one, None starts a local one.
         worker_cpus: CPUs per actor (its torch threads); on GPU clusters each actor takes one GPU.
         max_restarts: how often a dead actor is restarted (its running call is retried).
+        evaluator: the name of the evaluator the factory builds (some cannot be shared by workers).
+        device: where the factory's evaluator runs (``cpu`` keeps the workers off the GPUs).
     """
 
     version = 1
     name = "ray"
 
-    def __init__(self, config: dict[str, Any], workers: int = 2, address: str | None = None, worker_cpus: int = 1,
-                 max_restarts: int = 3) -> None:
+    def __init__(self, factory: Callable[[], Evaluator], workers: int = 2, address: str | None = None, worker_cpus: int = 1,
+                 max_restarts: int = 3, evaluator: str = "finetune", device: str = "auto") -> None:
         ray = _ray()
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
-        if config.get("evaluator") in ("warmstart", "replay"):
-            raise ConfigError(f"the {config.get('evaluator')} evaluator cannot be shared by Ray workers (it depends on its own history "
+        if evaluator in ("warmstart", "replay"):
+            raise ConfigError(f"the {evaluator} evaluator cannot be shared by Ray workers (it depends on its own history "
                               "or on the driver's store); use finetune, elastic, fake or surrogate")
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      **({} if address else {"num_cpus": max(workers * worker_cpus, 1)}))
         available = int(ray.cluster_resources().get("GPU", 0))
-        gpus = config.get("device", "auto") != "cpu" and available >= 1
+        gpus = device != "cpu" and available >= 1
         if gpus and workers > available:  # each GPU worker takes a whole GPU: more would wait for ever
             raise ConfigError(f"{workers} Ray workers asked for, but the cluster has {available} GPU(s) and each GPU worker takes one; "
                               f"pass --workers {available}, or --env device=cpu for CPU workers")
@@ -109,10 +108,10 @@ class RayEvaluator(Evaluator):
         options = dict(num_cpus=0 if gpus else worker_cpus, num_gpus=1 if gpus else 0, max_restarts=max_restarts,
                        max_task_retries=max_restarts)
         tag = f"rankgym-{os.getpid()}-{time.time_ns()}"  # named, so that an operator (or a test) can find a worker
-        self.actors = [actor.options(name=f"{tag}-worker-{i}", **options).remote(config, worker_cpus, i) for i in range(workers)]
+        self.actors = [actor.options(name=f"{tag}-worker-{i}", **options).remote(factory, worker_cpus, i) for i in range(workers)]
         self._identity, self._modules, self.alpha_policy, self.split, self.cacheable = ray.get(self.actors[0].describe.remote())
         self.name = str(self._identity.get("evaluator", "ray")).split("-v")[0]
-        if config.get("evaluator") == "elastic":  # train once, ship the weights through the object store
+        if evaluator == "elastic":  # train once, ship the weights through the object store
             weights, seconds = ray.get(self.actors[0].elastic_weights.remote())
             ref = ray.put(weights)
             ray.get([a.load_elastic_weights.remote(ref, seconds) for a in self.actors[1:]])

@@ -16,7 +16,7 @@ import gymnasium as gym
 
 from rankgym.backbones import BACKBONES
 from rankgym.errors import ConfigError
-from rankgym.recipe import ALPHA_POLICY, Recipe, full_recipe
+from rankgym.recipe import ALPHA_POLICY, Recipe
 from rankgym.tasks import TASKS
 
 ENTRY_POINT = "rankgym.registry:make_rank_search_env"
@@ -179,62 +179,19 @@ def register_envs() -> None:
             gym.register(env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs=dict(kwargs, env_id=env_id))
 
 
-def recipe_of(config: EnvConfig) -> Recipe:
-    """The training recipe of one environment step: the env's short budget (one pass), with the
-    task's own full-recipe settings otherwise (its max_length)."""
-    recipe = full_recipe(config.task, train_examples=config.train_examples, epochs=1, batch_size=config.batch_size, lr=config.lr,
-                         val_examples=config.val_examples)
-    return replace(recipe, max_grad_norm=config.max_grad_norm)  # None is a value here: no clipping
-
-
-def alpha_policy_of(config: EnvConfig) -> dict[str, Any]:
-    return dict(alpha=config.alpha, alpha_mode=config.alpha_mode, rslora=config.rslora)
-
-
 def build_evaluator(config: EnvConfig, k: int = 1):
-    if config.ray_workers > 0:  # every worker builds the evaluator below for itself
+    """The evaluator of ``config``: on ``config.ray_workers`` Ray actors, each building its own with
+    :func:`rankgym.evaluators.factory.build_evaluator`, or here."""
+    from rankgym.evaluators.factory import build_evaluator as build_here
+
+    if config.ray_workers > 0:
+        from functools import partial
+
         from rankgym.ray_pool import RayEvaluator
 
-        return RayEvaluator({**asdict(config), "ray_workers": 0}, config.ray_workers, config.ray_address, config.worker_cpus)
-    if config.evaluator == "fake":
-        from rankgym.evaluators.fake import FakeEvaluator
-
-        return FakeEvaluator(layers=config.fake_layers, hidden=config.fake_hidden, seed=config.seed, profile=config.fake_profile,
-                             noise=config.fake_noise, collapse=config.fake_collapse)
-    if config.evaluator == "surrogate":
-        from rankgym.evaluators.surrogate import SurrogateEvaluator
-
-        return SurrogateEvaluator(config.surrogate_table, seed=config.seed)
-    if config.evaluator == "replay":
-        from rankgym.evaluators.replay import ReplayEvaluator
-
-        if not config.store:
-            raise ConfigError("the replay evaluator answers from a store: pass store='path/to/store.sqlite'")
-        return ReplayEvaluator(config.store, config.backbone, config.task)
-    common = dict(backbone=config.backbone, task=config.task, recipe=recipe_of(config), seed=config.seed, device=config.device,
-                  max_rank=config.max_rank, score_examples=config.score_examples, model_name_or_path=config.model_name_or_path,
-                  data_dir=config.data_dir, target_modules=config.target_modules, dtype=config.dtype, **alpha_policy_of(config))
-    if config.evaluator == "elastic":
-        from pathlib import Path
-
-        from rankgym.evaluators.elastic import ElasticEvaluator
-
-        # one long training run, like a full fine-tune: the task's full recipe (its learning rate and epochs) on elastic_examples
-        common["recipe"] = replace(full_recipe(config.task, train_examples=config.elastic_examples, batch_size=config.batch_size,
-                                               val_examples=config.val_examples), max_grad_norm=config.max_grad_norm)
-        cache = Path(config.store).parent / "elastic" if config.store and config.store != ":memory:" else None
-        return ElasticEvaluator(min_rank=config.min_rank, rank_step=config.rank_step, sandwich=config.sandwich, cache_dir=cache, **common)
-    if config.evaluator == "batched":
-        from rankgym.evaluators.batched import BatchedEvaluator
-
-        return BatchedEvaluator(k=k, **common)
-    if config.evaluator == "warmstart":
-        from rankgym.evaluators.warmstart import WarmStartEvaluator
-
-        return WarmStartEvaluator(warm_examples=config.warm_examples, **common)
-    from rankgym.evaluators.finetune import FinetuneEvaluator
-
-    return FinetuneEvaluator(**common)
+        return RayEvaluator(partial(build_here, replace(config, ray_workers=0)), config.ray_workers, config.ray_address,
+                            config.worker_cpus, evaluator=config.evaluator, device=config.device)
+    return build_here(config, k)
 
 
 def make_rank_search_env(env_id: str = "RankSearch", **kwargs: Any):

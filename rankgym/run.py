@@ -401,7 +401,8 @@ def task_model(args: "SearchArgs", agent: str, recipe: Recipe):
     """A fresh model of the search's backbone with the task's data (a finetune evaluator whose
     ``model`` has no adapters yet, ``train_set`` of ``recipe.train_examples`` from the training pool,
     ``val_set`` the score split): what a strategy that trains or probes a real model works on."""
-    from rankgym.registry import EnvConfig, build_evaluator
+    from rankgym.evaluators.factory import build_evaluator
+    from rankgym.registry import EnvConfig
 
     kwargs = {**(gym.spec(args.env_id).kwargs or {}), **args.env_kwargs}
     kwargs.pop("env_id", None)

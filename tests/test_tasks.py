@@ -117,7 +117,8 @@ def test_regression_targets_are_standardized_without_changing_the_metric(sst2_di
 def test_each_task_has_its_recipe_and_what_a_user_types_wins():
     from rankgym.errors import ConfigError
     from rankgym.recipe import Recipe, full_recipe
-    from rankgym.registry import EnvConfig, recipe_of
+    from rankgym.evaluators.factory import recipe_of
+    from rankgym.registry import EnvConfig
 
     assert full_recipe("sst2") == Recipe()
     assert full_recipe("rte").epochs > 1 and full_recipe("rte").max_length == 256
