@@ -28,7 +28,7 @@ import numpy as np
 
 import rankgym
 from rankgym.errors import ConfigError
-from rankgym.run import SearchArgs, evaluate_batch, evaluate_ranks, finish_search, heuristic_starts, open_search, parse_cli
+from rankgym.run import SearchArgs, evaluate_ranks, evaluate_starts, finish_search, open_search, parse_cli
 
 SHIPPED = Path(rankgym.__file__).parent / "data" / "ppo-modules.zip"
 
@@ -89,10 +89,7 @@ def run(args: Args) -> dict[str, Any]:
             action, _ = model.predict(obs, deterministic=True)
             obs, _, finished, _, _ = alloc.step(int(action))
     # beside the policy's first map, the free heuristics at the budget: the answer is never behind them
-    starts = heuristic_starts(env)[: max(0, args.budget - len(done))]
-    if starts:
-        evaluate_batch(env, log, progress, [ranks for _, ranks in starts], [label for label, _ in starts])
-        done.extend(1 for _ in starts)
+    done.extend([1] * evaluate_starts(env, log, progress, max(0, args.budget - len(done))))
 
     class Budget(BaseCallback):
         """Stop once the search has spent its evaluations (episodes end exactly at a multiple of the module count)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rankgym.run import SearchArgs, evaluate_batch, finish_search, heuristic_starts, open_search, parse_cli
+from rankgym.run import SearchArgs, evaluate_batch, finish_search, evaluate_starts, open_search, parse_cli
 
 
 @dataclass
@@ -27,10 +27,7 @@ def run(args: Args) -> dict[str, Any]:
     run_dir, env, log, progress = open_search(args, "random")
     rng = np.random.default_rng(args.seed)
     choices = np.arange(env.min_rank, env.max_rank + 1, env.rank_step)
-    starts = heuristic_starts(env)[: args.budget]
-    if starts:
-        evaluate_batch(env, log, progress, [ranks for _, ranks in starts], [label for label, _ in starts])
-    done = len(starts)
+    done = evaluate_starts(env, log, progress, args.budget)
     while done < args.budget:  # one map at a time, or a Ray pool's worth: the same maps in the same order
         batch = [rng.choice(choices, size=len(env.names)) for _ in range(min(env.evaluator.parallel, args.budget - done))]
         evaluate_batch(env, log, progress, batch)

@@ -74,8 +74,7 @@ class BackboneSpec:
         from rankgym.rankmap import module_shapes
 
         heads = tuple(head_modules(model))
-        names = [name for name in module_shapes(model)
-                 if name.split(".")[0] not in HEAD_NAMES and not any(name.startswith(h + ".") for h in heads)]
+        names = [name for name in module_shapes(model) if not any(name == h or name.startswith(h + ".") for h in heads)]
         unmatched = [p for p in self.target_patterns if not any(_matches(p, n) for n in names)]
         if unmatched:
             raise BackboneError(f"target_modules {', '.join(map(repr, unmatched))} match no linear module of this model; "

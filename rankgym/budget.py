@@ -36,6 +36,11 @@ def _on_grid(ranks: np.ndarray, factor: float, min_rank: int, rank_step: int) ->
     return np.where(ranks > 0, np.maximum(min_rank + steps * rank_step, min_rank), ranks).astype(np.int64)
 
 
+def on_grid(ranks: Sequence[int], min_rank: int = 0, rank_step: int = 1) -> np.ndarray:
+    """``ranks`` rounded down onto the rank grid (0 stays 0), so a map within a budget stays within it."""
+    return _on_grid(np.asarray(ranks, dtype=np.int64), 1.0, min_rank, rank_step)
+
+
 def project(ranks: Sequence[int], modules: list[ModuleInfo], budget: int, min_rank: int = 0, rank_step: int = 1) -> np.ndarray:
     """``ranks`` if they fit ``budget`` adapter parameters, else the projection described above.
 

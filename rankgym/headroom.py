@@ -59,23 +59,26 @@ class Headroom:
         return {**asdict(self), "pays": self.pays, "sentence": self.sentence()}
 
 
-def headroom_maps(config, modules, budget: int) -> tuple[list[tuple[str, dict[str, int]]], str]:
-    """The maps compared, (label, ranks by name), and the label of uniform at ``config.max_rank``."""
+def top_label(config) -> str:
+    """The label of uniform at ``config.max_rank``, the map without a budget."""
+    return f"uniform-{config.max_rank}"
+
+
+def headroom_maps(config, modules, budget: int) -> list[tuple[str, dict[str, int]]]:
+    """The maps compared, (label, ranks by name): the heuristics at the budget, then :func:`top_label`'s."""
     from rankgym.budget import project
-    from rankgym.strategies.heuristics import heuristic_maps
+    from rankgym.strategies.heuristics import cache_path, heuristic_maps, uniform_label
 
     names = [m.name for m in modules]
     uniform = project([config.max_rank] * len(modules), modules, budget, config.min_rank, config.rank_step).tolist()
-    rank = set(uniform)
-    maps = [(f"uniform-{rank.pop()}" if len(rank) == 1 else "uniform (projected)", dict(zip(names, uniform)))]
-    maps += heuristic_maps(config, modules, budget, _cache(config))
-    top = f"uniform-{config.max_rank}"
-    return maps + [(top, dict.fromkeys(names, config.max_rank))], top
+    maps = [(uniform_label(uniform), dict(zip(names, uniform)))]
+    maps += heuristic_maps(config, modules, budget, cache_path(config.store))
+    return maps + [(top_label(config), dict.fromkeys(names, config.max_rank))]
 
 
 def measure(evaluator, config, budget: int, scores: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Add one elastic evaluator's scores of :func:`headroom_maps` to ``scores`` (label -> per seed)."""
-    maps, _ = headroom_maps(config, evaluator.modules, budget)
+    maps = headroom_maps(config, evaluator.modules, budget)
     scores = {label: [] for label, _ in maps} if scores is None else scores
     template = evaluator.template()
     for label, ranks in maps:
@@ -109,18 +112,11 @@ def headroom(config, seeds: Sequence[int] = (0, 1), on_seed=None) -> Headroom:
     for seed in seeds:
         evaluator = build_evaluator(replace(config, evaluator="elastic", seed=seed, ray_workers=0))
         try:
-            modules = evaluator.modules
-            reference = adapter_params(modules, [config.max_rank] * len(modules))
+            reference = adapter_params(evaluator.modules, [config.max_rank] * len(evaluator.modules))
             budget = budget_params(config.param_budget, reference)
             scores = measure(evaluator, config, budget, scores)
         finally:
             evaluator.close()
         if on_seed is not None:
             on_seed(seed)
-    return summarise(scores, headroom_maps(config, modules, budget)[1], seeds, budget, reference)
-
-
-def _cache(config):
-    from pathlib import Path
-
-    return Path(config.store).parent / "heuristics.json" if config.store and config.store != ":memory:" else None
+    return summarise(scores, top_label(config), seeds, budget, reference)

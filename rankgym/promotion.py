@@ -35,6 +35,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rankgym.rankmap import RankMap
+from rankgym.strategies.heuristics import uniform_label
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
                        "search_metric": row["metric"], "search_score": row["score"], "roles": ["search"]})
         if len(chosen) == top_k:
             break
-    for role, name, ranks in [("uniform", _initial_name(initial), initial), *(("heuristic", n, r) for n, r in extra)]:
+    for role, name, ranks in [("uniform", uniform_label(initial.values()), initial), *(("heuristic", n, r) for n, r in extra)]:
         key = json.dumps(ranks, sort_keys=True)
         match = next((c for c in chosen if json.dumps(c["ranks"], sort_keys=True) == key), None)
         if match:
@@ -87,11 +88,6 @@ def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
         chosen.append({"label": name, "ranks": ranks, "search_metric": logged and logged["metric"],
                        "search_score": logged and logged["score"], "roles": [role]})
     return chosen
-
-
-def _initial_name(initial: dict[str, int]) -> str:
-    ranks = set(initial.values())
-    return f"uniform-{ranks.pop()}" if len(ranks) == 1 else "initial map"
 
 
 def choose(table: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
@@ -131,7 +127,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     from rankgym.recipe import full_recipe
     from rankgym.registry import EnvConfig
     from rankgym.store import EvaluationStore
-    from rankgym.strategies.heuristics import heuristic_maps
+    from rankgym.strategies.heuristics import cache_path, heuristic_maps
 
     spec_kwargs = {k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"}
     config = EnvConfig.from_kwargs({**spec_kwargs, **env_kwargs}, env_id)
@@ -148,7 +144,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
         budget = budget_params(config.param_budget, reference)
         initial = project(initial, modules, budget, config.min_rank, config.rank_step).tolist()
         if promotion.heuristics:
-            extra = heuristic_maps(config, modules, budget, Path(store_path).parent / "heuristics.json")
+            extra = heuristic_maps(config, modules, budget, cache_path(store_path))
     lam = default_lam(config.param_budget) if config.lam is None else config.lam
     chosen = candidates(rows, promotion.top_k, dict(zip(names, initial)), extra)
     recipe = full_recipe(config.task, train_examples=promotion.examples)  # what `rankgym finetune --task` trains
@@ -163,18 +159,25 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     def choice(i: int) -> float:
         return _summary(scores[i])[0] - lam * params[i] / reference
 
-    metric, keep = None, set(range(len(chosen)))
+    metric, keep = None, set(range(len(chosen)))  # keep: the rows that get every seed (all, without halving)
     for seed in range(promotion.seeds):
         evaluator = _retrainer(config, recipe, seed, max(max(c["ranks"].values()) for c in chosen))
         metric = evaluator.data.metric
         contexts = store.register(evaluator.identity(), evaluator.modules), store.register(evaluator.score_identity(), evaluator.modules)
-        first = sorted(keep) if seed else list(range(len(chosen)))
-        for i in first:
-            _retrain(i, seed, chosen[i], evaluator, contexts, store, values, scores, errors, modules, staging)
+
+        def retrain(i: int) -> None:
+            evaluation, scored = _retrain(chosen[i], seed, evaluator, contexts, store, modules, staging)
+            if evaluation.error:
+                errors[i].append(f"seed {seed}: {evaluation.error}")
+            values[i].append(evaluation.metric)
+            scores[i].append(scored.metric)
             bar.update(1)
-        if seed == 0 and promotion.halving is not None:  # who gets every seed: the leader and the rows the table compares
+
+        for i in sorted(keep) if seed else range(len(chosen)):
+            retrain(i)
+        if promotion.halving is not None and seed == 0:  # the leader and the rows the table compares get every seed
             keep = _references(chosen, [choice(i) for i in range(len(chosen))])
-        elif seed and promotion.halving is not None:
+        elif promotion.halving is not None:
             spread = _pooled_std([scores[i] for i in keep])
             lead = max(choice(i) for i in keep)
             for i in set(range(len(chosen))) - keep - set(stopped):
@@ -182,10 +185,8 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
                     stopped[i] = (f"stopped after {seed} seed(s): {lead - choice(i):.4f} behind the leader on the score split, "
                                   f"more than {promotion.halving:g} x the seed spread ({spread:.4f})")
                     bar.update(promotion.seeds - seed)
-        for i in range(len(chosen)):
-            if i not in keep and i not in stopped and (seed or promotion.halving is None):
-                _retrain(i, seed, chosen[i], evaluator, contexts, store, values, scores, errors, modules, staging)
-                bar.update(1)
+            for i in sorted(set(range(len(chosen))) - keep - set(stopped)):
+                retrain(i)
         evaluator.close()
     bar.close()
 
@@ -195,7 +196,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
         score_mean, score_std = _summary(score_vals)
         table.append({**candidate, "params": params[i], "values": vals, "mean": mean, "std": std,
                       "score_values": score_vals, "score_mean": score_mean, "score_std": score_std,
-                      "choice": score_mean - lam * params[i] / reference, "errors": errs, "seeds": len(vals),
+                      "choice": choice(i), "errors": errs, "seeds": len(vals),
                       "stopped": stopped.get(i)})
     winner, tied = choose(table)
     if adapter_dir is not None and winner is not None and any(winner["ranks"].values()):
@@ -205,9 +206,8 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
             "tied": tied}
 
 
-def _retrain(i: int, seed: int, candidate: dict[str, Any], evaluator, contexts, store, values, scores, errors, modules,
-             staging: Path | None) -> None:
-    """One candidate's retrain with ``seed`` (from the store where it holds both splits), appended to the tables."""
+def _retrain(candidate: dict[str, Any], seed: int, evaluator, contexts, store, modules, staging: Path | None):
+    """One candidate's retrain with ``seed``, from the store where it holds both splits: (validation, score split)."""
     from rankgym.core import Evaluation, adapter_params, is_map_failure
 
     rank_map = evaluator.template().replace(candidate["ranks"])
@@ -226,10 +226,7 @@ def _retrain(i: int, seed: int, candidate: dict[str, Any], evaluator, contexts, 
                 evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
             except OSError as err:  # the retrain stands; the winner's weights are retrained if it wins
                 log.warning("could not stage the trained adapter of %s: %s", candidate["label"], err)
-    if evaluation.error:
-        errors[i].append(f"seed {seed}: {evaluation.error}")
-    values[i].append(evaluation.metric)
-    scores[i].append(scored.metric)
+    return evaluation, scored
 
 
 def _references(chosen: list[dict[str, Any]], choices: list[float]) -> set[int]:

@@ -95,10 +95,10 @@ class EnvConfig:
         if unknown:
             hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, names, n=1)) else "") for k in unknown]
             raise ConfigError(f"unknown option {', '.join(hints)} for {env_id}; options are: {', '.join(names)}")
-        hints = typing.get_type_hints(cls)
+        hints, defaults = typing.get_type_hints(cls), {f.name: f.default for f in fields(cls)}
         for key, value in kwargs.items():
             if not _has_type(value, hints[key]):
-                default = getattr(cls(), key)
+                default = defaults[key]
                 example = f", e.g. {key}={default!r} (its default)" if default is not None else ""
                 raise ConfigError(f"option {key}={value!r} for {env_id} should be {_type_name(hints[key])}{example}")
         config = cls(**kwargs)

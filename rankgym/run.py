@@ -342,15 +342,14 @@ def report_headroom(run_dir: "RunDir", env) -> None:
     """Under a budget with the elastic evaluator, say first whether the budget binds (:mod:`rankgym.headroom`),
     from the search's own adapter (seconds); kept in the run folder for summary.json."""
     from rankgym.evaluators.elastic import ElasticEvaluator
-    from rankgym.headroom import headroom_maps, measure, summarise
+    from rankgym.headroom import measure, summarise, top_label
 
     path = run_dir.path / HEADROOM_FILE
     if env.budget is None or not isinstance(env.evaluator, ElasticEvaluator):
         return
     if not path.is_file():
         scores = measure(env.evaluator, env.config, env.budget)
-        found = summarise(scores, headroom_maps(env.config, env.modules, env.budget)[1], [env.evaluator.seed], env.budget,
-                          env.reference_params)
+        found = summarise(scores, top_label(env.config), [env.evaluator.seed], env.budget, env.reference_params)
         path.write_text(json.dumps(found.to_dict(), indent=2) + "\n")
     found = read_json(path, "a run's headroom.json")
     tqdm.write(f"headroom: {found['sentence']}")
@@ -363,17 +362,21 @@ def heuristic_starts(env) -> list[tuple[str, list[int]]]:
     (:mod:`rankgym.strategies.heuristics`, kept beside the store). Searches evaluate them first, so a
     search's best score is never behind them; none without a ``param_budget``.
     """
-    from rankgym.strategies.heuristics import heuristic_maps
+    from rankgym.strategies.heuristics import cache_path, heuristic_maps, uniform_label
 
     if env.budget is None:
         return []
-    config = env.config
-    rank = set(env.initial.tolist())
-    starts = [(f"uniform-{rank.pop()}" if len(rank) == 1 else "initial map", env.initial.tolist())]
-    store = config.store if config.store and config.store != ":memory:" else None
-    maps = heuristic_maps(config, env.modules, env.budget, Path(store).parent / "heuristics.json" if store else None,
-                          eva=config.evaluator != "fake")  # the fake envs have no model to probe
-    return starts + [(label, [ranks[n] for n in env.names]) for label, ranks in maps]
+    maps = heuristic_maps(env.config, env.modules, env.budget, cache_path(env.config.store),
+                          eva=env.config.evaluator != "fake")  # the fake envs have no model to probe
+    return [(uniform_label(env.initial), env.initial.tolist())] + [(label, [ranks[n] for n in env.names]) for label, ranks in maps]
+
+
+def evaluate_starts(env, log: StepLog, progress: Progress, budget: int) -> int:
+    """Evaluate :func:`heuristic_starts` (at most ``budget`` of them), labelled; how many were evaluated."""
+    starts = heuristic_starts(env)[:budget]
+    if starts:
+        evaluate_batch(env, log, progress, [ranks for _, ranks in starts], [label for label, _ in starts])
+    return len(starts)
 
 
 def evaluate_ranks(env, log: StepLog, progress: Progress, ranks, label: str | None = None) -> dict[str, Any]:

@@ -4,9 +4,9 @@ Beside the uniform map at the budget (the env's start, which promotion retrains 
 that cost a search nothing: PRILoRA's depth schedule at the budget's mean rank, and PEFT's EVA at
 that rank (ranks from SVDs of each module's input activations on 16 training batches, no
 training). Both are projected onto the budget by the env's rule, as every searched map is, and
-put on the env's rank grid. EVA
-loads the model (seconds to a minute), so the maps are kept in ``heuristics.json`` beside the
-store, keyed by what decides them: each is computed once per backbone, task and budget.
+put on the env's rank grid. EVA loads the model (seconds to a minute), so the maps are kept in
+``heuristics.json`` beside the store (:func:`cache_path`), keyed by what decides them: each is
+computed once per backbone, task and budget.
 """
 
 from __future__ import annotations
@@ -16,12 +16,23 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from rankgym.budget import budget_rank, project
+from rankgym.budget import budget_rank, on_grid, project
 from rankgym.core import ModuleInfo
 from rankgym.files import read_json
 from rankgym.strategies.baselines import prilora_ranks
 
 EVA_BATCHES = 16  # training batches of 32 whose activations EVA's SVDs see (the eva agent's default)
+
+
+def uniform_label(ranks) -> str:
+    """``uniform-R`` for a map with one rank everywhere, else ``initial map``."""
+    distinct = set(int(r) for r in ranks)
+    return f"uniform-{distinct.pop()}" if len(distinct) == 1 else "initial map"
+
+
+def cache_path(store: str | Path | None) -> Path | None:
+    """Where the heuristic maps of a store's searches are kept: ``heuristics.json`` beside it (None in memory)."""
+    return Path(store).parent / "heuristics.json" if store and str(store) != ":memory:" else None
 
 
 def heuristics_key(config, modules: Sequence[ModuleInfo], budget: int) -> str:
@@ -40,16 +51,15 @@ def heuristic_maps(config, modules: Sequence[ModuleInfo], budget: int, cache: Pa
     keeps computed maps (read and extended, written whole); ``eva=False`` where there is no model
     to probe (the fake envs).
     """
+    rank = budget_rank(modules, budget)
+    prilora = (f"prilora-{rank}", _fit(config, modules, budget, prilora_ranks(modules, rank)))
     if not eva:
-        return [(f"prilora-{budget_rank(modules, budget)}", _fit(config, modules, budget,
-                                                                 prilora_ranks(modules, budget_rank(modules, budget))))]
+        return [prilora]
     key = heuristics_key(config, modules, budget)
     kept: dict[str, Any] = read_json(cache, "the heuristics cache") if cache is not None and cache.is_file() else {}
     if key in kept:
         return [(label, dict(ranks)) for label, ranks in kept[key]]
-    rank = budget_rank(modules, budget)
-    maps = [(f"prilora-{rank}", _fit(config, modules, budget, prilora_ranks(modules, rank))),
-            (f"eva-{rank}", _fit(config, modules, budget, _eva(config, modules, rank)))]
+    maps = [prilora, (f"eva-{rank}", _fit(config, modules, budget, _eva(config, modules, rank)))]
     if cache is not None:
         kept[key] = maps
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -60,11 +70,11 @@ def heuristic_maps(config, modules: Sequence[ModuleInfo], budget: int, cache: Pa
 
 
 def _fit(config, modules: Sequence[ModuleInfo], budget: int, ranks: Sequence[int]) -> dict[str, int]:
-    """Onto the budget by the env's projection, then onto the grid the agents choose from (rounded
-    down, so still within the budget): the map a search evaluates and promotion retrains is one."""
-    low, step, high = config.min_rank, config.rank_step, config.max_rank
-    fitted = project(list(ranks), list(modules), budget, low, step).tolist()
-    return {m.name: 0 if r <= 0 else min(high, max(low, low + (r - low) // step * step)) for m, r in zip(modules, fitted)}
+    """At most max_rank, onto the budget by the env's projection and onto the grid the agents choose
+    from (rounded down, so still within the budget): the map a search evaluates and promotion retrains is one."""
+    capped = [min(int(r), config.max_rank) for r in ranks]
+    fitted = on_grid(project(capped, list(modules), budget, config.min_rank, config.rank_step), config.min_rank, config.rank_step)
+    return {m.name: int(r) for m, r in zip(modules, fitted)}
 
 
 def _eva(config, modules: Sequence[ModuleInfo], rank: int) -> list[int]:
