@@ -1,103 +1,118 @@
-"""Every rank-allocation strategy at equal parameters, each answer retrained with three seeds.
+"""Rank-allocation strategies at equal parameters, each answer promoted as a user gets it.
 
-    python benchmarks/strategies.py                                    # SST-2 at 12.5 % of uniform-8
-    python benchmarks/strategies.py --tasks sst2 stsb --fractions 0.05 0.125
-    python benchmarks/strategies.py --strategies uniform prilora eva --seeds 0 1
+    python benchmarks/strategies.py --tasks mrpc --fractions 0.125          # one cell
+    python benchmarks/strategies.py --tasks cola rte mrpc --fractions 0.05 0.125 0.25
+    python benchmarks/strategies.py --strategies tpe adalora --headroom-seeds 2
 
 For each task and budget (a fraction of uniform rank 8's adapter parameters on MiniLM, whose 36
-modules at rank 1 cost exactly 12.5 %), every strategy proposes one map within the budget:
+modules at rank 1 cost exactly 12.5 %), everything runs through the CLI in fresh processes, as a
+user would, on one store per task (``--env store=``), so the elastic adapter, the free heuristics
+(EVA is computed once per task and budget) and every retrain are shared by the cell's runs:
 
-- fixed maps: ``uniform`` (uniform rank 8 scaled onto the budget: the env's own start, rank 1 at
-  12.5 %), ``prilora``, ``presets`` (low), ``spectral`` (90 %), each projected onto the budget by
-  the env's one rule;
-- one-shot strategies, run through ``rankgym search --agent NAME`` (their seconds are the run's):
-  ``adalora``, ``eva``, ``growth`` (adaptive), ``autolora``; ``adalora`` and ``growth`` are skipped
-  below uniform rank 1's parameters, which they refuse;
-- searches of 64 elastic evaluations (ranks 0..16 in steps of 1, the adapter trained once per
-  run): ``tpe``, ``ppo``, ``random``.
+1. ``rankgym headroom`` with ``--headroom-seeds`` elastic adapters: whether the budget binds, and
+   the seed noise of elastic scores;
+2. each strategy through ``rankgym search --agent NAME --promote 1``: the searches (``tpe``,
+   ``ppo``, ``random``; 64 elastic evaluations, ranks 0..16 in steps of 1) start from the free
+   heuristics; the one-shot strategies (``adalora``, ``growth``, ``autolora``) train on their own.
+   Promotion retrains the strategy's answer beside the free heuristics at the budget (uniform,
+   PRILoRA, EVA) with the task's full recipe and seeds 0, 1, 2 (successive halving: rows far
+   behind on the score split stop early, the winner and the reference rows get every seed),
+   chooses on the score split and reports the validation split, which no strategy read.
 
-Then every distinct map is retrained with the full recipe (8,192 examples) and seeds 0, 1, 2 and
-validated on the validation split, which no strategy read; the table gives mean ± std, the
-parameters and the strategy's seconds. Results are kept in ``--out`` (``results.json``), so a
-killed run resumes; prints a Markdown table and writes the four-panel figure (metric per task and
-strategy, parameters, seconds, metric against parameters with the Pareto front) as PNG and SVG,
-plus best-so-far against seconds for the searches.
+The table gives, per cell, the free heuristics' rows, each strategy's own answer and what its
+promotion answered, and a verdict against the best free heuristic (the one promotion's rule puts
+first on the score split): ``beats`` where the promoted answer's validation mean is ahead by more
+than both seed standard deviations, ``ties`` within them, ``behind`` otherwise. A killed run
+resumes (every run folder, and the store, keep what finished). Writes ``table.md``,
+``table.json`` and a figure per cell (``strategies.png`` / ``.svg``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-FIXED = ("uniform", "prilora", "presets", "spectral")
-ONE_SHOT = {"adalora": [], "eva": [], "growth": ["--set", "schedule=adaptive"], "autolora": []}
 SEARCHES = ("tpe", "ppo", "random")
-ALL = FIXED + tuple(ONE_SHOT) + SEARCHES
+ONE_SHOT = {"adalora": [], "growth": ["--set", "schedule=adaptive"], "autolora": []}
+ALL = SEARCHES + tuple(ONE_SHOT)
 AT_LEAST_RANK_1 = ("growth", "adalora")  # they refuse a budget below uniform rank 1 (see their agents)
 
 
-def env_of(task: str, budget: int, elastic: bool) -> tuple[str, list[str]]:
-    """The env id and its options: ranks 0..16 in steps of 1, the budget; elastic scores for searches."""
-    options = ["--param-budget", str(budget), "--env", "rank_step=1"]
-    return f"RankSearch-minilm-{task}-v0", options + (["--env", "evaluator='elastic'"] if elastic else [])
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rankgym.cli", *args], check=True, stdout=subprocess.PIPE, text=True)
 
 
-def search(name: str, task: str, budget: int, out: Path, evaluations: int) -> dict:
-    """Run one strategy through the CLI (a fresh process, as a user would); returns its summary."""
+def env_options(budget: int) -> list[str]:
+    return ["--param-budget", str(budget), "--env", "rank_step=1"]
+
+
+def headroom(env_id: str, store: Path, budget: int, seeds: int, cell: Path) -> dict:
+    path = cell / "headroom.json"
+    if not path.is_file():
+        lines = cli("headroom", env_id, *env_options(budget), "--seeds", str(seeds), "--store", str(store), "--json").stdout.splitlines()
+        path.write_text(json.dumps(json.loads(lines[-1]), indent=1) + "\n")
+    return json.loads(path.read_text())
+
+
+def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int, cell: Path) -> dict:
+    """One strategy's run, promoted; returns its summary (and the run's wall seconds)."""
+    out = cell / name
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
-    env_id, options = env_of(task, budget, name in SEARCHES)
-    agent_options = ONE_SHOT.get(name, [])
-    resume = ["--resume", str(out)] if (out / "config.json").is_file() else [env_id, "--agent", name, "--out", str(out),
-                                                                               "--budget", str(evaluations), *options, *agent_options]
-    subprocess.run([sys.executable, "-m", "rankgym.cli", "search", *resume, "--no-promote", "--no-report"], check=True)
-    return json.loads((out / "summary.json").read_text())
+    started = time.time()
+    if (out / "config.json").is_file():
+        cli("search", "--resume", str(out), "--no-report")
+    else:
+        cli("search", env_id, "--agent", name, "--out", str(out), "--budget", str(evaluations), "--seed", "0",
+            "--promote", "1", "--no-report", *env_options(budget), "--env", f"store='{store}'",
+            *(["--env", "evaluator='elastic'"] if name in SEARCHES else []), *ONE_SHOT.get(name, []))
+    summary = json.loads((out / "summary.json").read_text())
+    summary["benchmark_seconds"] = time.time() - started  # search and promotion, this process's part of it
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
-def fixed_map(name: str, modules, budget: int) -> list[int]:
-    """A fixed family's map, projected onto the budget by the env's rule (ranks 0..16 in steps of 1)."""
-    from rankgym.budget import project
-    from rankgym.strategies import preset_ranks, prilora_ranks, spectral_ranks, uniform_ranks
-
-    raw = {"uniform": lambda: uniform_ranks(modules, 8), "prilora": lambda: prilora_ranks(modules, 8),
-           "presets": lambda: preset_ranks(modules, "low"), "spectral": lambda: spectral_ranks(modules, 0.9, budget)}[name]()
-    return [int(r) for r in project(raw, modules, budget, 0, 1)]
+def verdict(row: dict, reference: dict) -> str:
+    """``beats`` / ``ties`` / ``behind`` the reference by validation mean against both seed spreads."""
+    diff, spread = row["mean"] - reference["mean"], max(row["std"], reference["std"])
+    return "beats" if diff > spread else "ties" if diff >= -spread else "behind"
 
 
-def retrain(task: str, maps: dict[str, dict[str, int]], seeds: list[int], results: dict, save) -> None:
-    """Full-recipe retrains on the validation split, seed by seed (one resident model per seed)."""
-    from rankgym.evaluators.finetune import FinetuneEvaluator
-    from rankgym.rankmap import RankMap
-    from rankgym.recipe import ALPHA_POLICY, Recipe
-
-    for seed in seeds:
-        todo = {k: m for k, m in maps.items() if str(seed) not in results.setdefault(task, {}).setdefault(k, {})}
-        if not todo:
-            continue
-        evaluator = FinetuneEvaluator("minilm", task, Recipe(), seed=seed, score_on="validation", max_rank=32)
-        for key, ranks in todo.items():
-            e = evaluator.evaluate(RankMap(ranks, **ALPHA_POLICY))
-            results[task][key][str(seed)] = {"metric": e.metric, "seconds": e.seconds}
-            save()
-            print(f"  {task} seed {seed}: {e.metric:.4f} ({e.seconds:.0f} s)", flush=True)
-        evaluator.close()
+def cell_rows(summaries: dict[str, dict]) -> tuple[list[dict], dict | None]:
+    """The heuristics' rows (from the first promotion: the store makes them the same in every one),
+    each strategy's answer and its promoted answer; and the best free heuristic."""
+    rows, heuristics = [], None
+    for name, summary in summaries.items():
+        table = summary["promotion"]["rows"]
+        if heuristics is None:
+            heuristics = [r for r in table if {"uniform", "heuristic"} & set(r["roles"])]
+            rows += [{**r, "strategy": r["label"], "kind": "heuristic"} for r in heuristics]
+        own = next((r for r in table if "search" in r["roles"]), None)
+        if own is not None:
+            rows.append({**own, "strategy": name, "kind": "answer", "run_seconds": summary.get("benchmark_seconds", summary["seconds"])})
+        winner = next(r for r in table if r["label"] == summary["promotion"]["winner"])
+        rows.append({**winner, "strategy": f"{name} promoted", "kind": "promoted", "winner_label": winner["label"],
+                     "tied": summary["promotion"]["tied"]})
+    best = max(heuristics, key=lambda r: r["choice"]) if heuristics else None
+    for r in rows:
+        if best is not None and r["kind"] != "heuristic":
+            r["verdict"] = verdict(r, best)
+    return rows, best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["sst2"])
+    parser.add_argument("--tasks", nargs="+", default=["mrpc"])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125], help="budgets, as fractions of uniform rank 8's parameters")
-    parser.add_argument("--strategies", nargs="+", default=list(ALL), choices=list(ALL))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--strategies", nargs="*", default=["tpe", "ppo", "adalora"], choices=list(ALL))
     parser.add_argument("--evaluations", type=int, default=64, help="elastic evaluations of each search")
+    parser.add_argument("--headroom-seeds", type=int, default=2, help="elastic adapters the headroom's noise is measured over")
+    parser.add_argument("--backbone", default="minilm", help="tiny: a smoke run of the whole benchmark in a minute or two")
     parser.add_argument("--out", default="runs/strategies")
     args = parser.parse_args()
 
@@ -106,65 +121,67 @@ def main() -> None:
     import rankgym  # noqa: F401
     from rankgym.core import adapter_params
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    store = out / "results.json"
-    results = json.loads(store.read_text()) if store.is_file() else {}
-
-    def save() -> None:
-        tmp = store.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        os.replace(tmp, store)
-
-    rows = []
-    for task in args.tasks:
-        env = gym.make(f"RankSearch-minilm-{task}-v0", train_examples=1).unwrapped  # for its modules
-        names, modules = env.names, env.modules
-        env.close()
-        reference = adapter_params(modules, [8] * len(modules))
-        for fraction in args.fractions:
-            budget = int(fraction * reference)
-            maps = {}
-            for name in args.strategies:
-                label = f"{task}-{fraction:g}-{name}"
-                if name in AT_LEAST_RANK_1 and adapter_params(modules, [1] * len(modules)) > budget:
-                    print(f"{label}: skipped, {name} needs at least uniform rank 1's parameters", flush=True)
-                    continue
-                started = time.time()
-                if name in FIXED:
-                    ranks, seconds, curve = fixed_map(name, modules, budget), 0.0, None
-                else:
-                    summary = search(name, task, budget, out / "runs" / label, args.evaluations)
-                    answer = json.loads((out / "runs" / label / "best_rank_map.json").read_text())["ranks"]
-                    ranks, seconds = [int(answer.get(n, 0)) for n in names], summary["seconds"]
-                    curve = str(out / "runs" / label) if name in SEARCHES else None
-                key = json.dumps(dict(zip(names, ranks)), sort_keys=True)
-                maps[key] = dict(zip(names, ranks))
-                rows.append({"task": task, "fraction": fraction, "strategy": name, "key": key, "seconds": seconds or time.time() - started,
-                             "params": adapter_params(modules, ranks), "run": curve})
-                assert rows[-1]["params"] <= budget, (name, rows[-1]["params"], budget)
-            print(f"{task} at {fraction:g} of uniform-8 ({budget:,} parameters): retraining {len(maps)} distinct maps", flush=True)
-            retrain(task, maps, args.seeds, results, save)
-
+    out = Path(args.out).resolve()
     table = []
-    for row in rows:
-        values = [results[row["task"]][row["key"]][str(s)]["metric"] for s in args.seeds]
-        table.append({**{k: v for k, v in row.items() if k != "key"}, "mean": statistics.mean(values),
-                      "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values})
-    (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
-    lines = ["| task | budget | strategy | validation metric (mean ± std, seeds " + ", ".join(map(str, args.seeds)) + ") | parameters | seconds |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for t in sorted(table, key=lambda t: (t["task"], t["fraction"], -t["mean"])):
-        lines.append(f"| {t['task']} | {t['fraction']:.1%} | {t['strategy']} | {t['mean']:.4f} ± {t['std']:.4f} | {t['params']:,} | {t['seconds']:.0f} |")
+    for task in args.tasks:
+        env_id, store = f"RankSearch-{args.backbone}-{task}-v0", out / task / "store.sqlite"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        env = gym.make(env_id, train_examples=1).unwrapped  # for its modules
+        modules = env.modules
+        env.close()
+        for fraction in args.fractions:
+            budget = int(fraction * adapter_params(modules, [8] * len(modules)))
+            cell = out / task / f"{fraction:g}"
+            cell.mkdir(parents=True, exist_ok=True)
+            print(f"{task} at {fraction:g} of uniform-8 ({budget:,} parameters): headroom", flush=True)
+            room = headroom(env_id, store, budget, args.headroom_seeds, cell)
+            print(f"  {room['sentence']}", flush=True)
+            summaries = {}
+            for name in args.strategies:
+                if name in AT_LEAST_RANK_1 and adapter_params(modules, [1] * len(modules)) > budget:
+                    print(f"  {name}: skipped, it needs at least uniform rank 1's parameters", flush=True)
+                    continue
+                print(f"  {name}: search and promotion", flush=True)
+                summaries[name] = strategy(name, env_id, store, budget, args.evaluations, cell)
+            if not summaries:  # the headroom alone
+                continue
+            rows, best = cell_rows(summaries)
+            table.append({"task": task, "fraction": fraction, "headroom": room, "best_heuristic": best and best["label"], "rows": rows})
+            (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
+    if not table:
+        return
+    lines = markdown(table)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(table, out)
 
 
-def save(fig, stem: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
-    fig.tight_layout(rect=rect)
-    for ext in ("png", "svg"):
-        fig.savefig(stem.with_suffix(f".{ext}"), dpi=120)
+def fmt(row: dict) -> str:
+    return f"{row['mean']:.4f} ± {row['std']:.4f} ({row['seeds']})"
+
+
+def markdown(table: list[dict]) -> list[str]:
+    lines = []
+    for cell in table:
+        room = cell["headroom"]
+        noise = "not measured" if room["noise"] is None else f"{100 * room['noise']:.1f}"
+        lines += [f"### {cell['task']} at {cell['fraction']:.1%} of uniform rank 8 ({room['budget_params']:,} parameters)", "",
+                  f"Headroom (elastic, score split): {room['top']} is {100 * room['gap']:+.1f} points over {room['best']}, seed noise "
+                  f"{noise} points. Best free heuristic by promotion's rule: {cell['best_heuristic']}.", "",
+                  "| row | map | validation, mean ± std (seeds) | score split, mean ± std | parameters | seconds per retrain | run seconds | against the best heuristic |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in cell["rows"]:
+            retrain = statistics.median(r["seconds"]) if r.get("seconds") else float("nan")
+            note = r.get("verdict", "")
+            if r["kind"] == "promoted":
+                note += f" (answer: {r['winner_label']}" + (f"; ties {', '.join(r['tied'])}" if r["tied"] else "") + ")"
+            if r.get("stopped"):
+                note += " stopped early"
+            lines.append(f"| {r['strategy']} | {r['label']} | {fmt(r)} | {r['score_mean']:.4f} ± {r['score_std']:.4f} | {r['params']:,} | "
+                         f"{retrain:.0f} | {r['run_seconds']:.0f} | {note.strip()} |" if "run_seconds" in r else
+                         f"{retrain:.0f} | | {note.strip()} |")
+        lines.append("")
+    return lines
 
 
 def plot(table: list[dict], out: Path) -> None:
@@ -173,62 +190,22 @@ def plot(table: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rankgym.report import pareto_front
-
-    groups = sorted({(t["task"], t["fraction"]) for t in table})
-    strategies = list(dict.fromkeys(t["strategy"] for t in table))
-    colors = {s: plt.cm.tab20(i % 20) for i, s in enumerate(strategies)}
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    width = 0.8 / max(1, len(strategies))
-    for i, s in enumerate(strategies):
-        cells = [next((t for t in table if (t["task"], t["fraction"]) == g and t["strategy"] == s), None) for g in groups]
-        x = np.arange(len(groups)) + i * width
-        axes[0, 0].bar(x, [c["mean"] if c else np.nan for c in cells], width, yerr=[c["std"] if c else 0 for c in cells],
-                       color=colors[s], label=s)
-        axes[0, 1].bar(x, [c["params"] if c else np.nan for c in cells], width, color=colors[s])
-        axes[1, 0].bar(x, [max(c["seconds"], 1) if c else np.nan for c in cells], width, color=colors[s])
-    for ax, title in ((axes[0, 0], "validation metric (mean ± std over seeds)"), (axes[0, 1], "adapter parameters"),
-                      (axes[1, 0], "strategy's own seconds (log)")):
-        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [f"{task} @ {fraction:.1%}" for task, fraction in groups])
-        ax.set_title(title)
+    fig, axes = plt.subplots(1, len(table), figsize=(5.5 * len(table), 4.2), squeeze=False)
+    colors = {"heuristic": "tab:gray", "answer": "tab:blue", "promoted": "tab:green"}
+    for ax, cell in zip(axes[0], table):  # one panel per cell: metrics of different tasks do not share a scale
+        rows = cell["rows"]
+        ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=3,
+               color=[colors[r["kind"]] for r in rows])
+        ax.set_xticks(range(len(rows)), [r["strategy"] for r in rows], rotation=45, ha="right", fontsize=8)
+        means = [r["mean"] for r in rows]
+        ax.set_ylim(min(means) - 0.03, max(means) + 0.03)
+        room = cell["headroom"]
+        ax.set_title(f"{cell['task']} @ {cell['fraction']:.1%}: headroom {100 * room['gap']:+.1f} pts", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    axes[1, 0].set_yscale("log")
-    means = [t["mean"] for t in table]
-    axes[0, 0].set_ylim(min(means) - 0.02, max(means) + 0.02)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=min(len(strategies), 11), fontsize=8)
-    ax = axes[1, 1]
-    tasks = sorted({t["task"] for t in table})
-    markers = dict(zip(tasks, "osD^v"))
-    for task in tasks:  # metrics of different tasks are not comparable: one front per task
-        rows = [t for t in table if t["task"] == task]
-        for t in rows:
-            ax.errorbar(t["params"], t["mean"], yerr=t["std"], fmt=markers[task], color=colors[t["strategy"]], capsize=2)
-        params, metric = np.array([t["params"] for t in rows]), np.array([t["mean"] for t in rows])
-        front = sorted(pareto_front(params, metric), key=lambda i: params[i])
-        ax.plot(params[front], metric[front], "--", color="k", marker=markers[task], mfc="none", lw=1, label=f"{task}: Pareto front")
-    ax.set(xlabel="adapter parameters", ylabel="validation metric", title="metric against parameters")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    save(fig, out / "strategies", rect=(0, 0, 1, 0.95))  # room for the legend above the panels
-
-    searches = [t for t in table if t["run"]]
-    if searches:
-        import csv
-
-        cells = sorted({(t["task"], t["fraction"]) for t in searches})
-        fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 3.6), squeeze=False)
-        for ax, (task, fraction) in zip(axes[0], cells):  # one panel per cell: scores of different tasks do not share a scale
-            for t in (t for t in searches if (t["task"], t["fraction"]) == (task, fraction)):
-                with (Path(t["run"]) / "steps.csv").open() as f:
-                    steps = list(csv.DictReader(f))
-                seconds = np.cumsum([float(r["seconds"] or 0) for r in steps])
-                best = np.maximum.accumulate([float(r["score"]) if r["score"] else -np.inf for r in steps])
-                ax.plot(seconds, best, color=colors[t["strategy"]], label=t["strategy"])
-            ax.set(xlabel="evaluation seconds", title=f"{task} @ {fraction:.1%}: best so far")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        axes[0, 0].set_ylabel("best search score (elastic, score split)")
-        save(fig, out / "searches")
+    axes[0, 0].set_ylabel("validation metric (mean ± std over seeds)")
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(out / f"strategies.{ext}", dpi=120)
     print(f"wrote {out / 'table.md'}, {out / 'strategies.png'} (and .svg)")
 
 

@@ -81,7 +81,8 @@ def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
         key = json.dumps(ranks, sort_keys=True)
         match = next((c for c in chosen if json.dumps(c["ranks"], sort_keys=True) == key), None)
         if match:
-            match["label"] += f" (= {name})"
+            if match["label"] != name:  # a search map labelled by its start already carries the name
+                match["label"] += f" (= {name})"
             match["roles"].append(role)
             continue
         logged = next((r for r in rows if json.dumps(json.loads(r["rank_map"]), sort_keys=True) == key and r["error"] is None), None)
@@ -117,7 +118,8 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
 
     Returns the promotion table: recipe, seeds, which split chose and which reports, one row per
     map (parameters, search score, score-split and validation values per seed with their means and
-    standard deviations, the choice it was ranked by), the winner's label and the labels tied with
+    standard deviations, the choice it was ranked by, each retrain's seconds as it was trained, also
+    where the store answered it), the winner's label and the labels tied with
     it. With ``adapter_dir``, the winner's seed-0 retrain is saved there as a PEFT adapter.
     """
     import gymnasium as gym
@@ -153,6 +155,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     values: list[list[float]] = [[] for _ in chosen]
     scores: list[list[float]] = [[] for _ in chosen]
     errors: list[list[str]] = [[] for _ in chosen]
+    seconds: list[list[float]] = [[] for _ in chosen]
     stopped: dict[int, str] = {}
     params = [adapter_params(modules, c["ranks"]) for c in chosen]
 
@@ -171,6 +174,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
                 errors[i].append(f"seed {seed}: {evaluation.error}")
             values[i].append(evaluation.metric)
             scores[i].append(scored.metric)
+            seconds[i].append(evaluation.seconds)
             bar.update(1)
 
         for i in sorted(keep) if seed else range(len(chosen)):
@@ -196,7 +200,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
         score_mean, score_std = _summary(score_vals)
         table.append({**candidate, "params": params[i], "values": vals, "mean": mean, "std": std,
                       "score_values": score_vals, "score_mean": score_mean, "score_std": score_std,
-                      "choice": choice(i), "errors": errs, "seeds": len(vals),
+                      "choice": choice(i), "errors": errs, "seeds": len(vals), "seconds": seconds[i],
                       "stopped": stopped.get(i)})
     winner, tied = choose(table)
     if adapter_dir is not None and winner is not None and any(winner["ranks"].values()):

@@ -48,7 +48,7 @@ def test_promotion_retrains_with_the_seeds_and_matches_rankgym_finetune(tmp_path
     labels = [row["label"] for row in table["rows"]]
     assert labels == ["search #1", "uniform-4"]  # the best search score, then the map every episode starts from
     for row in table["rows"]:
-        assert len(row["values"]) == 2
+        assert len(row["values"]) == 2 and len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"])
         assert row["mean"] == pytest.approx(np.mean(row["values"])) and row["std"] == pytest.approx(np.std(row["values"], ddof=1))
 
     # every promoted number is what `rankgym finetune` gives for that map and seed
@@ -116,6 +116,8 @@ def test_candidates_are_distinct_best_first_and_end_with_the_initial_map():
     assert chosen[-1]["search_score"] == 0.5  # the initial map's own search score, found in the log
     again = candidates(rows, 3, {"a": 2, "b": 2})
     assert [c["label"] for c in again] == ["search #1", "uniform-8", "search #3 (= uniform-2)"]
+    labelled = candidates([row(0.9, {"a": 2, "b": 2}, "uniform-2")], 1, {"a": 2, "b": 2}, [("prilora-2", {"a": 2, "b": 2})])
+    assert [(c["label"], c["roles"]) for c in labelled] == [("uniform-2 (= prilora-2)", ["search", "uniform", "heuristic"])]
 
 
 def promoted_row(label, params, score_values, values):
