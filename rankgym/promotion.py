@@ -52,6 +52,8 @@ class Promotion:
         halving: successive halving: after the first seed, a candidate whose score-split choice is
             more than ``halving`` x the seed spread (pooled over the rows that get every seed)
             behind the leader stops; None retrains every candidate with every seed.
+        retry_failed: retrain candidates whose stored retrain failed (``--resume --retry-failed``),
+            instead of reporting the stored failure.
     """
 
     top_k: int = 3
@@ -59,6 +61,7 @@ class Promotion:
     examples: int | None = None
     heuristics: bool = True
     halving: float | None = 3.0
+    retry_failed: bool = False
 
 
 def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
@@ -169,7 +172,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
         contexts = store.register(evaluator.identity(), evaluator.modules), store.register(evaluator.score_identity(), evaluator.modules)
 
         def retrain(i: int) -> None:
-            evaluation, scored = _retrain(chosen[i], seed, evaluator, contexts, store, modules, staging)
+            evaluation, scored = _retrain(chosen[i], seed, evaluator, contexts, store, modules, staging, promotion.retry_failed)
             if evaluation.error:
                 errors[i].append(f"seed {seed}: {evaluation.error}")
             values[i].append(evaluation.metric)
@@ -210,12 +213,12 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
             "tied": tied}
 
 
-def _retrain(candidate: dict[str, Any], seed: int, evaluator, contexts, store, modules, staging: Path | None):
+def _retrain(candidate: dict[str, Any], seed: int, evaluator, contexts, store, modules, staging: Path | None, retry_failed: bool):
     """One candidate's retrain with ``seed``, from the store where it holds both splits: (validation, score split)."""
     from rankgym.core import Evaluation, adapter_params, is_map_failure
 
     rank_map = evaluator.template().replace(candidate["ranks"])
-    evaluation, scored = store.get(contexts[0], rank_map), store.get(contexts[1], rank_map)
+    evaluation, scored = (store.get(c, rank_map, failures=not retry_failed) for c in contexts)
     if evaluation is None or scored is None:
         try:
             evaluation, scored = evaluator.evaluate_both(rank_map)

@@ -475,8 +475,8 @@ class SearchArgs:
         return {**config, "hyperparams": own} if own else config
 
     def promotion(self) -> Promotion | None:
-        return (Promotion(self.promote, self.promote_seeds, self.promote_examples, halving=self.promote_halving or None)
-                if self.promote > 0 else None)
+        return (Promotion(self.promote, self.promote_seeds, self.promote_examples, halving=self.promote_halving or None,
+                          retry_failed=self.retry_failed) if self.promote > 0 else None)
 
 
 def parse_cli(cls: type, description: str, argv: list[str] | None = None):

@@ -190,3 +190,34 @@ def test_successive_halving_stops_candidates_far_behind_and_completes_the_rows_i
     # every retrain is stored once per split: what ran is what the table shows
     retrains = sum(row["seeds"] for row in table["rows"])
     assert stored(run) - 4 == 2 * retrains  # the search's 4 evaluations, then two splits per retrain
+
+
+def test_a_failed_retrain_is_replayed_on_resume_and_retrained_with_retry_failed(tmp_path, sst2_dir, monkeypatch):
+    run = tmp_path / "run"
+    args = ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "2", "--out", str(run), "--promote", "1",
+            "--promote-seeds", "1", "--promote-examples", "32", "--no-report", *TINY_FAST, "--env", f"data_dir='{sst2_dir}'"]
+    real = FinetuneEvaluator.evaluate_both
+    calls = []
+
+    def out_of_memory(self, rank_map):
+        calls.append(rank_map.key())
+        raise MemoryError("out of memory in a retrain")
+
+    monkeypatch.setattr(FinetuneEvaluator, "evaluate_both", out_of_memory)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((run / "summary.json").read_text())["promotion"]["rows"]
+    assert rows and all(row["errors"] == ["seed 0: MemoryError: out of memory in a retrain"] for row in rows)
+    failed = len(calls)
+    assert failed == len(rows)
+
+    (run / "summary.json").unlink()  # a resume of a run that died in its promotion
+    assert CliRunner().invoke(main, ["search", "--resume", str(run), "--no-report"]).exit_code == 0
+    assert len(calls) == failed  # the stored failures are replayed, nothing retrained
+
+    (run / "summary.json").unlink()
+    monkeypatch.setattr(FinetuneEvaluator, "evaluate_both", real)
+    result = CliRunner().invoke(main, ["search", "--resume", str(run), "--retry-failed", "--no-report"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((run / "summary.json").read_text())["promotion"]["rows"]
+    assert all(not row["errors"] and np.isfinite(row["mean"]) for row in rows)
