@@ -5,7 +5,7 @@ AMC-style agent in ``agents/ppo.py``, which beats this one on every benchmark en
     python agents/ppo_steps.py --env-id RankSearch-fake-v0 --budget 2048 --seed 1
     rankgym search RankSearch-tiny-sst2-v0 --agent ppo-steps --budget 64
 
-Hyperparameters come from configs/ppo.yaml, keyed by env id (rl-zoo style; ``default`` first,
+Hyperparameters come from rankgym/data/ppo.yaml (packaged), keyed by env id (rl-zoo style; ``default`` first,
 then the id's own entry), and ``--set key=value`` on the command line overrides them. The defaults
 suit a few hundred expensive steps: SB3's n_steps=2048 would never update within such a budget.
 """
@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import yaml
 
 from rankgym.run import SearchArgs, parse_cli
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ppo.yaml"
-BUILTIN = {  # used where configs/ppo.yaml is not beside the code (an installed wheel)
-    "n_steps": 32, "batch_size": 32, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 0.9, "gae_lambda": 0.9,
-    "ent_coef": 0.0, "clip_range": 0.2, "net_arch": [64, 64], "checkpoint_every": 256,
-}
+CONFIGS = resources.files("rankgym") / "data" / "ppo.yaml"  # package data, so an installed wheel has it too
 
 
 @dataclass
@@ -34,12 +30,12 @@ class Args(SearchArgs):
     # with several --devices each runs in a spawned process on its own device
     n_envs: int = 1
     devices: list[str] = field(default_factory=list)  # one device per worker (cycled), e.g. cuda:0 cuda:1
-    hyperparams: dict[str, Any] = field(default_factory=dict)  # overrides of configs/ppo.yaml (--set KEY=VALUE)
+    hyperparams: dict[str, Any] = field(default_factory=dict)  # overrides of ppo.yaml (--set KEY=VALUE)
 
 
 def hyperparameters(env_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    table = yaml.safe_load(CONFIGS.read_text()) if CONFIGS.is_file() else {}
-    return {**BUILTIN, **(table.get("default") or {}), **(table.get(env_id) or {}), **overrides}
+    table = yaml.safe_load(CONFIGS.read_text())
+    return {**table["default"], **(table.get(env_id) or {}), **overrides}
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any], log_path: str, worker: int, on_record=None, allow_divergence: bool = False):

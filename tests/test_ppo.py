@@ -85,3 +85,19 @@ def test_a_missing_policy_file_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "ppo", "--budget", "2", "--out", str(tmp_path / "r"),
                                        "--set", f"pretrained={tmp_path / 'nope.zip'}"])
     assert result.exit_code == 2 and "no pretrained policy at" in result.output
+
+
+def test_ppo_steps_hyperparameters_are_package_data_merged_default_then_env_then_overrides():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    from rankgym.agents import ppo_steps
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rankgym"]
+    shipped = [p.name for p in (root / "rankgym" / "data").iterdir()]
+    assert all(any(fnmatch.fnmatch(f"data/{name}", g) for g in globs) for name in shipped), (shipped, globs)  # a wheel holds them all
+    merged = ppo_steps.hyperparameters("RankSearch-tiny-sst2-v0", {"gamma": 0.5})
+    assert (merged["n_steps"], merged["batch_size"], merged["learning_rate"], merged["gamma"]) == (16, 16, 0.0003, 0.5)
+    assert ppo_steps.hyperparameters("RankSearch-unlisted-v0", {})["n_steps"] == 32  # the default entry alone
