@@ -1,7 +1,8 @@
 """A search's run folder: resolved config, evaluation store, step log, best map, exports, summary.
 
 Resuming re-executes the agent from the start with the same seed. Every evaluation the killed run
-finished is answered by the store (no training), and rows already in the step log are not written
+finished is answered by the store (no training; the warm start trains the unfinished episode's
+finished steps again, to rebuild the adapters it carries), and rows already in the step log are not written
 again, so the resumed run reaches exactly the state an uninterrupted run would have, with a step
 log that has no gaps and no repeats.
 """

@@ -135,6 +135,35 @@ def test_warm_start_steps_train_less_and_are_not_cache_hits(sst2_dir):
     assert env.last_evaluation.cache_hit is False and env.evaluator.last_result.steps == 2
 
 
+def test_a_warm_start_resume_trains_only_the_unfinished_episode_and_matches_an_unbroken_run(sst2_dir, tmp_path, monkeypatch):
+    import rankgym.evaluators.warmstart as warmstart
+
+    trained = []
+    real = warmstart.finetune
+    monkeypatch.setattr(warmstart, "finetune", lambda *a, **k: trained.append(1) or real(*a, **k))
+    episodes = [[2, 0], [0, 2, 2]]  # per step, the one action every module takes: grow, shrink, keep = 2, 0, 1
+
+    def run(store, stop_after=None):
+        env, metrics = tiny(sst2_dir, evaluator="warmstart", warm_examples=32, train_examples=32, val_examples=32, store=str(store)).unwrapped, []
+        for actions in episodes:
+            env.reset(seed=0)
+            metrics.append(env.last_evaluation.metric)
+            for a in actions:
+                if len(metrics) == stop_after:
+                    return metrics  # killed here
+                metrics.append(env.step(np.full(8, a))[4]["metric"])
+        return metrics
+
+    unbroken = run(tmp_path / "a.sqlite")
+    assert len(trained) == 1 + 2 + 1 + 3  # episode 2's reset is the store's (same map, same empty history); its first step rebuilds it
+    trained.clear()
+    run(tmp_path / "b.sqlite", stop_after=5)  # killed before episode 2's second step
+    trained.clear()
+    resumed = run(tmp_path / "b.sqlite")
+    assert resumed == pytest.approx(unbroken, abs=1e-6)
+    assert len(trained) == 2 + 1 + 1  # the finished steps come from the store; episode 2's two finished steps are trained again
+
+
 def test_ten_thousand_random_actions_stay_in_bounds():
     env = gym.make("RankSearch-fake-v0", min_rank=2, max_rank=12, initial_rank=6, rank_step=3, max_episode_steps=50).unwrapped
     env.action_space.seed(0)

@@ -180,9 +180,12 @@ class RankSearchEnv(gym.Env):
         """The stored evaluation (or failure) of ``rank_map``, if the evaluator's results may be reused."""
         if not self.evaluator.cacheable:
             return None
-        return self.store.get(self.context, rank_map, failures=not self.retry_failed)
+        found = self.store.get(self.context, rank_map, failures=not self.retry_failed, state_key=self.evaluator.state_key())
+        if found is not None:
+            self.evaluator.replay(rank_map, found)
+        return found
 
-    def remember(self, rank_map: RankMap, evaluation: Evaluation) -> Evaluation:
+    def remember(self, rank_map: RankMap, evaluation: Evaluation, state_key: str = "") -> Evaluation:
         """Mark a non-finite metric as an error and write the evaluation to the store at once.
 
         Returns what to act on: the stored result where another process stored this map first (for
@@ -191,7 +194,7 @@ class RankSearchEnv(gym.Env):
         if not math.isfinite(evaluation.metric):
             evaluation.error = evaluation.error or f"metric is {evaluation.metric}"
         self.evaluations += 1
-        stored = self.store.put(self.context, rank_map, evaluation, self.evaluator.state_key())
+        stored = self.store.put(self.context, rank_map, evaluation, state_key)
         return stored if self.evaluator.cacheable else evaluation
 
     def _evaluate(self, rank_map: RankMap) -> Evaluation:
@@ -205,6 +208,7 @@ class RankSearchEnv(gym.Env):
         nothing of the call is stored."""
         found = [self.lookup(m) for m in maps]
         todo = list({m.key(): m for m, f in zip(maps, found) if f is None}.values())
+        state = self.evaluator.state_key()  # before evaluating: a stateful evaluator takes one map at a time
         if todo and hasattr(self.evaluator, "evaluate_many"):
             start = time.perf_counter()
             try:
@@ -215,7 +219,7 @@ class RankSearchEnv(gym.Env):
                 evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), time.perf_counter() - start) for m in todo]
         else:
             evaluations = [self._compute(m) for m in todo]
-        fresh = {m.key(): self.remember(m, e) for m, e in zip(todo, evaluations)}
+        fresh = {m.key(): self.remember(m, e, state) for m, e in zip(todo, evaluations)}
         return [f if f is not None else fresh[m.key()] for f, m in zip(found, maps)]
 
     def _compute(self, rank_map: RankMap) -> Evaluation:

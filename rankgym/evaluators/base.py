@@ -19,7 +19,7 @@ class Evaluator(ABC):
 
     name: str = "evaluator"
     version: int = 1
-    cacheable: bool = True  # False when a result depends on more than the map (warm start's history)
+    cacheable: bool = True  # False where a lookup costs more than the result (the fake's formula)
     parallel: int = 1  # maps an agent should propose at once (a Ray pool's workers evaluate them side by side)
     alpha_policy: dict[str, Any] = ALPHA_POLICY
     split: str = "score"  # where metrics come from: "score" (held out of training), "validation" or "closed form"
@@ -47,8 +47,12 @@ class Evaluator(ABC):
         return adapter_params(self.modules, rank_map.ranks)
 
     def state_key(self) -> str:
-        """What besides the map decided the last result (stored with it); empty for stateless evaluators."""
+        """What besides the map decides the next result (stored with it, looked up by it): empty
+        for stateless evaluators, the episode's history for the warm start."""
         return ""
+
+    def replay(self, rank_map: RankMap, evaluation: Evaluation) -> None:
+        """The store answered ``rank_map`` with ``evaluation``: a stateful evaluator moves on as if it had evaluated it."""
 
     def reset_episode(self) -> None:
         """Called by the environment at ``reset()``; stateful evaluators (warm start) start over."""

@@ -177,11 +177,12 @@ class FinetuneEvaluator(Evaluator):
         scored = replace(evaluation, metric=metric, val_loss=loss, seconds=time.perf_counter() - start)
         return evaluation, scored
 
-    def prepare(self, rank_map: RankMap, shrink: ShrinkMode = "prefix") -> None:
-        """Re-rank the resident wrappers to ``rank_map`` (modules it does not name get rank 0)."""
+    def prepare(self, rank_map: RankMap, shrink: ShrinkMode = "prefix", generator: torch.Generator | None = None) -> None:
+        """Re-rank the resident wrappers to ``rank_map`` (modules it does not name get rank 0);
+        components that grow are drawn from ``generator`` (torch's global one by default)."""
         full = {m.name: 0 for m in self._modules}
         full.update(rank_map.ranks)
-        apply_rank_map(self.model, rank_map.replace(full), max_rank=self.max_rank, shrink=shrink)
+        apply_rank_map(self.model, rank_map.replace(full), max_rank=self.max_rank, shrink=shrink, generator=generator)
 
     def private_rng(self):
         """Seeded work inside leaves the caller's RNG alone: an agent sampling from torch's global
