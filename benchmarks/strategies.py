@@ -15,9 +15,10 @@ user would, on one store per task (``--env store=``), so the elastic adapter, th
    ``ppo``, ``random``; 64 elastic evaluations, ranks 0..16 in steps of 1) start from the free
    heuristics; the one-shot strategies (``adalora``, ``growth``, ``autolora``) train on their own.
    Promotion retrains the strategy's answer beside the free heuristics at the budget (uniform,
-   PRILoRA, EVA) with the task's full recipe and seeds 0, 1, 2 (successive halving: rows far
-   behind on the score split stop early, the winner and the reference rows get every seed),
-   chooses on the score split and reports the validation split, which no strategy read.
+   PRILoRA, EVA) with the task's full recipe and seeds 0, 1, 2,
+   chooses on the score split and reports the validation split, which no strategy read. By default
+   every row gets every seed (``--promote-halving 0``), and what successive halving would have
+   chosen and saved is replayed on those complete tables (:func:`rankgym.promotion.replay_halving`).
 
 The table gives, per cell, the free heuristics' rows, each strategy's own answer and what its
 promotion answered, and a verdict against the best free heuristic (the one promotion's rule puts
@@ -59,7 +60,7 @@ def headroom(env_id: str, store: Path, budget: int, seeds: int, cell: Path) -> d
     return json.loads(path.read_text())
 
 
-def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int, cell: Path) -> dict:
+def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int, cell: Path, halving: float) -> dict:
     """One strategy's run, promoted; returns its summary (and the run's wall seconds)."""
     out = cell / name
     if (out / "summary.json").is_file():
@@ -69,7 +70,7 @@ def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int,
         cli("search", "--resume", str(out), "--no-report")
     else:
         cli("search", env_id, "--agent", name, "--out", str(out), "--budget", str(evaluations), "--seed", "0",
-            "--promote", "1", "--no-report", *env_options(budget), "--env", f"store='{store}'",
+            "--promote", "1", "--promote-halving", str(halving), "--no-report", *env_options(budget), "--env", f"store='{store}'",
             *(["--env", "evaluator='elastic'"] if name in SEARCHES else []), *ONE_SHOT.get(name, []))
     summary = json.loads((out / "summary.json").read_text())
     summary["benchmark_seconds"] = time.time() - started  # search and promotion, this process's part of it
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="*", default=["tpe", "ppo", "adalora"], choices=list(ALL))
     parser.add_argument("--evaluations", type=int, default=64, help="elastic evaluations of each search")
     parser.add_argument("--headroom-seeds", type=int, default=2, help="elastic adapters the headroom's noise is measured over")
+    parser.add_argument("--promote-halving", type=float, default=0.0,
+                        help="promotion's successive halving (0: every row gets every seed, and halving is replayed on the full tables)")
     parser.add_argument("--backbone", default="minilm", help="tiny: a smoke run of the whole benchmark in a minute or two")
     parser.add_argument("--out", default="runs/strategies")
     args = parser.parse_args()
@@ -142,11 +145,17 @@ def main() -> None:
                     print(f"  {name}: skipped, it needs at least uniform rank 1's parameters", flush=True)
                     continue
                 print(f"  {name}: search and promotion", flush=True)
-                summaries[name] = strategy(name, env_id, store, budget, args.evaluations, cell)
+                summaries[name] = strategy(name, env_id, store, budget, args.evaluations, cell, args.promote_halving)
             if not summaries:  # the headroom alone
                 continue
             rows, best = cell_rows(summaries)
-            table.append({"task": task, "fraction": fraction, "headroom": room, "best_heuristic": best and best["label"], "rows": rows})
+            replays = {}
+            if not args.promote_halving:  # what halving would have saved and chosen, replayed on the complete tables
+                from rankgym.promotion import replay_halving
+
+                replays = {name: replay_halving(s["promotion"], 3.0) for name, s in summaries.items()}
+            table.append({"task": task, "fraction": fraction, "headroom": room, "best_heuristic": best and best["label"], "rows": rows,
+                          "halving_replays": replays})
             (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     if not table:
         return
@@ -177,9 +186,14 @@ def markdown(table: list[dict]) -> list[str]:
                 note += f" (answer: {r['winner_label']}" + (f"; ties {', '.join(r['tied'])}" if r["tied"] else "") + ")"
             if r.get("stopped"):
                 note += " stopped early"
+            run = f"{r['run_seconds']:.0f}" if "run_seconds" in r else ""
             lines.append(f"| {r['strategy']} | {r['label']} | {fmt(r)} | {r['score_mean']:.4f} ± {r['score_std']:.4f} | {r['params']:,} | "
-                         f"{retrain:.0f} | {r['run_seconds']:.0f} | {note.strip()} |" if "run_seconds" in r else
-                         f"{retrain:.0f} | | {note.strip()} |")
+                         f"{retrain:.0f} | {run} | {note.strip()} |")
+        for name, replay in cell.get("halving_replays", {}).items():
+            lines.append(f"- halving (3 spreads) replayed on {name}'s promotion: winner {replay['winner']} "
+                         f"({'the same as' if replay['same'] else 'not'} every seed's {replay['full_winner']}; validation gap "
+                         f"{replay['validation_gap']:+.4f}, its std {replay['full_winner_std']:.4f}), "
+                         f"{replay['retrains']} of {replay['full_retrains']} retrains")
         lines.append("")
     return lines
 

@@ -159,41 +159,33 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     scores: list[list[float]] = [[] for _ in chosen]
     errors: list[list[str]] = [[] for _ in chosen]
     seconds: list[list[float]] = [[] for _ in chosen]
-    stopped: dict[int, str] = {}
     params = [adapter_params(modules, c["ranks"]) for c in chosen]
 
     def choice(i: int) -> float:
         return _summary(scores[i])[0] - lam * params[i] / reference
 
-    metric, keep = None, set(range(len(chosen)))  # keep: the rows that get every seed (all, without halving)
-    for seed in range(promotion.seeds):
-        evaluator = _retrainer(config, recipe, seed, max(max(c["ranks"].values()) for c in chosen))
-        metric = evaluator.data.metric
-        contexts = store.register(evaluator.identity(), evaluator.modules), store.register(evaluator.score_identity(), evaluator.modules)
+    evaluators: dict[int, Any] = {}  # one resident model: the evaluator of the seed being retrained
+    contexts: list[str] = []  # its two store contexts (validation, score split)
 
-        def retrain(i: int) -> None:
-            evaluation, scored = _retrain(chosen[i], seed, evaluator, contexts, store, modules, staging, promotion.retry_failed)
-            if evaluation.error:
-                errors[i].append(f"seed {seed}: {evaluation.error}")
-            values[i].append(evaluation.metric)
-            scores[i].append(scored.metric)
-            seconds[i].append(evaluation.seconds)
-            bar.update(1)
+    def retrain(i: int, seed: int) -> None:
+        if seed not in evaluators:
+            for old in evaluators.values():
+                old.close()
+            evaluators.clear()
+            evaluators[seed] = _retrainer(config, recipe, seed, max(max(c["ranks"].values()) for c in chosen))
+            contexts[:] = store.register(evaluators[seed].identity(), modules), store.register(evaluators[seed].score_identity(), modules)
+        evaluation, scored = _retrain(chosen[i], seed, evaluators[seed], contexts, store, modules, staging, promotion.retry_failed)
+        if evaluation.error:
+            errors[i].append(f"seed {seed}: {evaluation.error}")
+        values[i].append(evaluation.metric)
+        scores[i].append(scored.metric)
+        seconds[i].append(evaluation.seconds)
+        bar.update(1)
 
-        for i in sorted(keep) if seed else range(len(chosen)):
-            retrain(i)
-        if promotion.halving is not None and seed == 0:  # the leader and the rows the table compares get every seed
-            keep = _references(chosen, [choice(i) for i in range(len(chosen))])
-        elif promotion.halving is not None:
-            spread = _pooled_std([scores[i] for i in keep])
-            lead = max(choice(i) for i in keep)
-            for i in set(range(len(chosen))) - keep - set(stopped):
-                if lead - choice(i) > promotion.halving * spread:
-                    stopped[i] = (f"stopped after {seed} seed(s): {lead - choice(i):.4f} behind the leader on the score split, "
-                                  f"more than {promotion.halving:g} x the seed spread ({spread:.4f})")
-                    bar.update(promotion.seeds - seed)
-            for i in sorted(set(range(len(chosen))) - keep - set(stopped)):
-                retrain(i)
+    stopped = successive_halving(chosen, promotion.seeds, promotion.halving, retrain, choice, scores,
+                                 on_stop=lambda i, seed: bar.update(promotion.seeds - seed))
+    metric = next(iter(evaluators.values())).data.metric if evaluators else None
+    for evaluator in evaluators.values():
         evaluator.close()
     bar.close()
 
@@ -234,6 +226,65 @@ def _retrain(candidate: dict[str, Any], seed: int, evaluator, contexts, store, m
             except OSError as err:  # the retrain stands; the winner's weights are retrained if it wins
                 log.warning("could not stage the trained adapter of %s: %s", candidate["label"], err)
     return evaluation, scored
+
+
+def successive_halving(chosen: list[dict[str, Any]], seeds: int, halving: float | None, retrain, choice, scores: list[list[float]],
+                       on_stop=None) -> dict[int, str]:
+    """Retrain candidates seed by seed (``retrain(i, seed)`` fills ``scores[i]``), stopping those far behind.
+
+    Every candidate gets seed 0. The rows the table compares (the leader after seed 0, the uniform
+    row, the best heuristic: :func:`_references`) get every seed; after each later seed, a candidate
+    whose ``choice(i)`` is more than ``halving`` x the seed spread (pooled over those rows) behind
+    the leader stops, and the others get that seed too. ``halving`` None: every candidate, every
+    seed. Returns why each stopped candidate stopped, by index. Promotion runs it on real retrains;
+    a replay of a finished table (every seed known) runs it on lookups, to count what it saves.
+    """
+    everyone = set(range(len(chosen)))
+    keep, stopped = set(everyone), {}  # keep: the rows that get every seed
+    for seed in range(seeds):
+        for i in sorted(keep) if seed else sorted(everyone):
+            retrain(i, seed)
+        if halving is None:
+            continue
+        if seed == 0:
+            keep = _references(chosen, [choice(i) for i in everyone])
+            continue
+        spread = _pooled_std([scores[i] for i in keep])
+        lead = max(choice(i) for i in keep)
+        for i in sorted(everyone - keep - set(stopped)):
+            if lead - choice(i) > halving * spread:
+                stopped[i] = (f"stopped after {seed} seed(s): {lead - choice(i):.4f} behind the leader on the score split, "
+                              f"more than {halving:g} x the seed spread ({spread:.4f})")
+                if on_stop is not None:
+                    on_stop(i, seed)
+        for i in sorted(everyone - keep - set(stopped)):
+            retrain(i, seed)
+    return stopped
+
+
+def replay_halving(table: dict[str, Any], halving: float) -> dict[str, Any]:
+    """What :func:`successive_halving` would have retrained and chosen, replayed on a finished
+    promotion ``table`` whose rows all got every seed (``--promote-halving 0``): no training.
+
+    Returns the winner it picks and the winner of every seed (``full_winner``), whether they are
+    the same map, the validation gap between the two (with the full winner's seed spread), and
+    the retrains it needs against every seed's.
+    """
+    rows, seeds = table["rows"], len(table["seeds"])
+    if any(row["seeds"] < seeds for row in rows):
+        raise ValueError("a replay needs every row with every seed: promote with --promote-halving 0")
+    penalty = [row["choice"] - row["score_mean"] for row in rows]  # lam x cost, the same with any seeds
+    scores: list[list[float]] = [[] for _ in rows]
+
+    def choice(i: int) -> float:
+        return _summary(scores[i])[0] + penalty[i]
+
+    stopped = successive_halving(rows, seeds, halving, lambda i, seed: scores[i].append(rows[i]["score_values"][seed]), choice, scores)
+    partial = [{**row, "score_std": _summary(scores[i])[1], "choice": choice(i)} for i, row in enumerate(rows)]
+    winner, full = choose(partial)[0], choose(rows)[0]
+    return {"halving": halving, "winner": winner["label"], "full_winner": full["label"], "same": winner["ranks"] == full["ranks"],
+            "validation_gap": winner["mean"] - full["mean"], "full_winner_std": full["std"],
+            "retrains": sum(map(len, scores)), "full_retrains": len(rows) * seeds, "stopped": [rows[i]["label"] for i in stopped]}
 
 
 def _references(chosen: list[dict[str, Any]], choices: list[float]) -> set[int]:

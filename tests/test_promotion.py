@@ -221,3 +221,25 @@ def test_a_failed_retrain_is_replayed_on_resume_and_retrained_with_retry_failed(
     assert result.exit_code == 0, result.output
     rows = json.loads((run / "summary.json").read_text())["promotion"]["rows"]
     assert all(not row["errors"] and np.isfinite(row["mean"]) for row in rows)
+
+
+def test_a_halving_replay_on_a_full_table_stops_the_row_far_behind_and_keeps_the_winner():
+    from rankgym.promotion import replay_halving
+
+    def row(label, roles, params, scores, values):
+        mean, std = statistics.fmean(scores), statistics.stdev(scores)
+        return {"label": label, "roles": roles, "ranks": {"a": params}, "params": params, "score_values": scores, "score_mean": mean,
+                "score_std": std, "choice": mean, "values": values, "mean": statistics.fmean(values), "std": statistics.stdev(values),
+                "seeds": 3}
+
+    rows = [row("search #1", ["search"], 3, [0.80, 0.81, 0.80], [0.79, 0.80, 0.80]),  # the leader
+            row("search #2", ["search"], 2, [0.60, 0.61, 0.60], [0.60, 0.61, 0.61]),  # far behind at every seed
+            row("uniform-1", ["uniform"], 4, [0.70, 0.71, 0.70], [0.70, 0.70, 0.71]),
+            row("eva-1", ["heuristic"], 4, [0.75, 0.74, 0.75], [0.74, 0.74, 0.75])]
+    replay = replay_halving({"seeds": [0, 1, 2], "rows": rows}, halving=3.0)
+    # seed 0: 4 retrains; the leader, uniform and the best heuristic (eva) get seeds 1 and 2 (6); search #2 is
+    # 0.2 behind the leader after seed 1 with a pooled spread of about 0.006: it stops after one seed
+    assert replay["stopped"] == ["search #2"] and replay["retrains"] == 4 + 6 and replay["full_retrains"] == 12
+    assert replay["winner"] == replay["full_winner"] == "search #1" and replay["same"] and replay["validation_gap"] == 0
+    with pytest.raises(ValueError, match="--promote-halving 0"):
+        replay_halving({"seeds": [0, 1, 2], "rows": [{**rows[0], "seeds": 1}]}, halving=3.0)
