@@ -261,7 +261,8 @@ def load_backbone(
     name: str, model_name_or_path: str | None = None, num_labels: int = 2, seed: int = 0, dropout: bool = False,
     dtype: str = "fp32",
 ) -> tuple[nn.Module, "object"]:
-    """A sequence-classification model (frozen-ready) and its tokenizer.
+    """A sequence-classification model (frozen-ready) and its tokenizer; ``num_labels=0``: the causal
+    language model itself (``AutoModelForCausalLM``, no head added), for causal-LM tasks.
 
     Decoder models (GPT-2, Llama, ...) get a pad token (their end-of-text token) and classify on
     the last real token. ``seed`` decides the random parts: the head, and for ``tiny`` the whole
@@ -272,7 +273,8 @@ def load_backbone(
     """
     import torch
     from torch import nn
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config,
+                              GPT2ForSequenceClassification, GPT2LMHeadModel)
     from transformers.utils import logging as hf_logging
 
     if dtype not in DTYPES:
@@ -285,8 +287,8 @@ def load_backbone(
     if spec.name == "tiny" and not model_name_or_path:
         tokenizer = byte_level_tokenizer()
         eos = tokenizer.eos_token_id
-        config = GPT2Config(vocab_size=len(tokenizer), num_labels=num_labels, bos_token_id=eos, eos_token_id=eos, **TINY_CONFIG)
-        model = GPT2ForSequenceClassification(config).to(torch_dtype)
+        config = GPT2Config(vocab_size=len(tokenizer), num_labels=max(1, num_labels), bos_token_id=eos, eos_token_id=eos, **TINY_CONFIG)
+        model = (GPT2ForSequenceClassification(config) if num_labels else GPT2LMHeadModel(config)).to(torch_dtype)
     else:
         source, local = resolve_source(spec, model_name_or_path)
         verbosity = hf_logging.get_verbosity()
@@ -294,8 +296,11 @@ def load_backbone(
         hf_logging.disable_progress_bar()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, local_files_only=local,
-                                                                       torch_dtype=torch_dtype)
+            if num_labels:
+                model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, local_files_only=local,
+                                                                           torch_dtype=torch_dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local, torch_dtype=torch_dtype)
         except OSError as err:
             raise BackboneError(f"cannot load backbone {spec.name!r} from {source!r}: {err}".splitlines()[0]) from err
         finally:

@@ -118,7 +118,9 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         evaluator.save_peft_adapter(peft_out, rank_map)
     summary = {"metric": result.metric, "trainable_params": result.params, "seconds": round(result.seconds, 2), "out": str(out_dir)}
     (out_dir / "result.json").write_text(json.dumps({**summary, "recipe": recipe.to_dict(), "seed": seed, **evaluator.identity()}, indent=2))
-    click.echo(f"validation {evaluator.data.metric} {result.metric:.4f} | trainable adapter parameters {result.params:,} | "
+    from rankgym.metrics import describe
+
+    click.echo(f"validation {describe(evaluator.data.metric, result.metric)} | trainable adapter parameters {result.params:,} | "
                f"{result.seconds:.1f} s | saved to {out_dir}" + (f", PEFT adapter in {peft_out}" if peft_out else ""), err=as_json)
     if as_json:
         click.echo(json.dumps(summary))

@@ -59,3 +59,12 @@ def compute(name: str, pred: np.ndarray, label: np.ndarray) -> float:
     if name not in functions:
         raise ValueError(f"unknown metric {name!r}; one of {', '.join(METRICS)}")
     return functions[name](np.asarray(pred), np.asarray(label))
+
+
+def describe(name: str, value: float) -> str:
+    """``value`` of metric ``name`` as a person reads it: a causal LM's ``neg_nll`` (minus the mean NLL
+    per response token, so that higher is better like every metric) as the NLL and its perplexity."""
+    if name == "neg_nll":
+        return f"NLL {-value:.4f} per response token (perplexity {np.exp(-value):.2f})"
+    return f"{name} {value:.4f}"
+

@@ -5,7 +5,8 @@ The GLUE tasks ``sst2``, ``cola``, ``mrpc``, ``rte`` and ``stsb`` read the origi
 ``$RANKGYM_DATA_DIR``, quirks included (CoLA has no header, MRPC's header starts with a byte-order
 mark, RTE's labels are strings, STS-B's target is a float), else the hub (``nyu-mll/glue`` with
 the ``datasets`` extra). Any folder holding ``train`` and ``validation`` (or ``dev``) files in TSV
-or CSV is a task too: one text column or two (a sentence pair), class labels or float targets.
+or CSV is a task too: one text column or two (a sentence pair), class labels or float targets; one
+holding ``train.jsonl`` is a causal-LM task (:mod:`rankgym.instruct`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Split:
 
 @dataclass
 class TaskData:
-    """A task: two splits, the number of labels (1: regression) and the metric (higher is better)."""
+    """A task: two splits, the number of labels (1: regression, 0: a causal-LM task, whose labels are
+    the responses, see :mod:`rankgym.instruct`) and the metric (higher is better)."""
 
     name: str
     train: Split
@@ -59,6 +61,10 @@ class TaskData:
     def regression(self) -> bool:
         return self.num_labels == 1
 
+    @property
+    def causal_lm(self) -> bool:
+        return self.num_labels == 0
+
 
 @dataclass
 class Encoded:
@@ -68,6 +74,7 @@ class Encoded:
     labels: torch.Tensor  # long class ids, or float targets for regression
     metric: str = "accuracy"
     types: list[torch.Tensor] | None = None  # segment ids of sentence pairs, where the tokenizer makes them (BERT)
+    targets: list[torch.Tensor] | None = None  # causal LM: each position's label (-100: not scored); labels count them
 
     @property
     def lengths(self) -> list[int]:
@@ -82,7 +89,8 @@ class Encoded:
 
     def take(self, indices: list[int]) -> "Encoded":
         types = [self.types[i] for i in indices] if self.types is not None else None
-        return Encoded([self.ids[i] for i in indices], self.labels[indices], self.metric, types)
+        targets = [self.targets[i] for i in indices] if self.targets is not None else None
+        return Encoded([self.ids[i] for i in indices], self.labels[indices], self.metric, types, targets)
 
 
 @dataclass(frozen=True)
@@ -274,8 +282,13 @@ def load_task(task: str, data_dir: str | Path | None = None, text_column: str = 
             raise TaskError(f"{data_dir}: no {task}/train.tsv in this data directory (GLUE layout: <dir>/{task}/train.tsv)")
         return _load_glue_hub(task)
     if Path(task).is_dir():
+        from rankgym.instruct import is_jsonl_task, load_jsonl_folder
+
+        if is_jsonl_task(task):
+            return load_jsonl_folder(task)
         return load_folder(task, None, text_column, label_column, regression, header)
-    raise TaskError(f"unknown task {task!r}: use one of {', '.join(TASKS)} or a folder with train/validation TSV or CSV files")
+    raise TaskError(f"unknown task {task!r}: use one of {', '.join(TASKS)}, a folder with train/validation TSV or CSV files, "
+                    "or one with train/validation JSON Lines (a causal-LM task)")
 
 
 def standardized(splits: list[Split], reference: Split) -> list[Split]:

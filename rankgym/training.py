@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from rankgym import metrics
-from rankgym.backbones import init_head
+from rankgym.backbones import head_modules, init_head
 from rankgym.errors import MapFailure
 from rankgym.lora.inject import lora_layers
 from rankgym.recipe import Recipe
@@ -82,6 +82,28 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean
     return nn.functional.cross_entropy(logits, labels, reduction=reduction)
 
 
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over the positions whose target is not -100 (a causal LM's response tokens)."""
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten(), ignore_index=-100, reduction=reduction)
+
+
+def batch_targets(data: Encoded, idx: list[int], device: torch.device) -> torch.Tensor:
+    """Per-position targets of examples ``idx``, right-padded with -100 like :func:`pad_batch` pads the ids."""
+    return pad_batch([data.targets[i] for i in idx], -100, device)[0]
+
+
+def batch_losses(model: nn.Module, data: Encoded, idx: list[int], pad_id: int, device: torch.device, copies: int = 1) -> list[torch.Tensor]:
+    """The mean training loss of each of ``copies`` configurations on examples ``idx``."""
+    inputs = batch_inputs(data, idx, pad_id, device)
+    if data.targets is not None:
+        if copies > 1:
+            raise ValueError("causal-LM tasks train one configuration at a time")
+        return [lm_loss(model(**inputs).logits.float(), batch_targets(data, idx, device))]
+    logits = _forward(model, inputs, copies)
+    labels = data.labels[idx].to(device)
+    return [task_loss(logits[c], labels) for c in range(copies)]
+
+
 def predictions(logits: torch.Tensor, regression: bool) -> torch.Tensor:
     return logits.squeeze(-1) if regression else logits.argmax(-1)
 
@@ -114,6 +136,7 @@ def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: in
 
     The metric is ``data.metric`` (accuracy, Matthews correlation, F1, Pearson or Spearman) over
     the first ``limit`` examples; the loss is cross-entropy, or squared error for float targets.
+    A causal-LM split (``data.targets``) gives minus the mean NLL per response token and the NLL.
     """
     device = _device_of(model)
     batch_size = batch_size or default_eval_batch_size(device)
@@ -121,6 +144,13 @@ def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: in
     model.eval()
     n = len(data) if limit is None else min(limit, len(data))
     order = sorted(range(n), key=lambda i: len(data.ids[i]))
+    if data.targets is not None:  # causal LM: the mean NLL per response token; the metric is its negative
+        total = sum(lm_loss(model(**batch_inputs(data, order[k : k + batch_size], pad_id, device)).logits.float(),
+                            batch_targets(data, order[k : k + batch_size], device), reduction="sum").item()
+                    for k in range(0, n, batch_size))
+        model.train(was_training)
+        nll = total / max(1, int(data.labels[:n].sum()))
+        return [(-nll, nll)] * copies
     preds = [torch.empty(n, dtype=data.labels.dtype) for _ in range(copies)]
     loss_sum = torch.zeros(copies, dtype=torch.float64)
     for k in range(0, n, batch_size):
@@ -226,8 +256,10 @@ def finetune_copies(
     start = time.perf_counter()
     device = _device_of(model)
     torch.manual_seed(seed)  # dropout masks
-    batches = training_order(train, recipe.batch_size, seed, recipe.epochs)
     params = [p for p in model.parameters() if p.requires_grad]
+    # nothing to train (a language model's empty map: no rank, no head): the base model is validated as it is
+    trainable = bool(head_modules(model)) or any(layer.rank for layer in lora_layers(model).values())
+    batches = training_order(train, recipe.batch_size, seed, recipe.epochs) if trainable else []
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
     warmup = max(1, int(recipe.warmup * len(batches)))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -240,9 +272,7 @@ def finetune_copies(
     for step, idx in enumerate(bar):
         if before_step is not None:
             before_step(step)
-        logits = _forward(model, batch_inputs(train, idx, pad_id, device), copies)
-        labels = train.labels[idx].to(device)
-        per_copy = [task_loss(logits[c], labels) for c in range(copies)]
+        per_copy = batch_losses(model, train, idx, pad_id, device, copies)
         values = torch.stack(per_copy).tolist()
         for c, value in enumerate(values):
             if errors[c] is None and not math.isfinite(value):

@@ -16,6 +16,7 @@ from torch import nn
 
 from rankgym.backbones import head_modules
 from rankgym.core import Evaluation
+from rankgym.errors import ConfigError
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.batched import BatchedLinear, BatchedLoRALayer
 from rankgym.rankmap import RankMap
@@ -35,6 +36,9 @@ class BatchedEvaluator(FinetuneEvaluator):
 
     def __init__(self, *args: Any, k: int = 4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.data.causal_lm:  # K copies of a vocabulary-sized output would not fit where batching pays
+            raise ConfigError("the batched evaluator trains classification heads side by side; for a causal-LM task use "
+                              "evaluator='finetune', 'warmstart' or 'elastic'")
         self.k = k
         policy = self.alpha_policy
         self.layers: dict[str, BatchedLoRALayer] = {}

@@ -129,9 +129,17 @@ class FinetuneEvaluator(Evaluator):
         self.split, self.score_examples = score_on, len(score)
         subset = training_subset(len(pool), recipe, seed)
         metric = self.data.metric
-        self.train_set = encode(pool.subset(subset), self.tokenizer, recipe.max_length, metric)
-        self.val_set = encode(score if score_on == "score" else validation, self.tokenizer, recipe.max_length, metric)
-        self.score_set = encode(score, self.tokenizer, recipe.max_length, metric)  # evaluate_both's second split
+        if self.data.causal_lm:
+            from rankgym.instruct import encode_lm
+
+            def encoded(split):
+                return encode_lm(split, self.tokenizer, recipe.max_length)[0]
+        else:
+            def encoded(split):
+                return encode(split, self.tokenizer, recipe.max_length, metric)
+        self.train_set = encoded(pool.subset(subset))
+        self.val_set = encoded(score if score_on == "score" else validation)
+        self.score_set = encoded(score)  # evaluate_both's second split
         self.revision = _revision(self.model, backbone)
         self._modules = module_infos(self.model, self.spec)
         self.last_result: FinetuneResult | None = None  # the last evaluation's losses and step count

@@ -96,15 +96,15 @@ def save_peft_adapter(model: nn.Module, base: nn.Module, directory: str | Path, 
 
     ``base`` is a fresh copy of the backbone ``model`` was built from (it is wrapped in place).
     The folder holds ``adapter_config.json`` (``task_type="SEQ_CLS"``, the head as
-    ``modules_to_save``) and ``adapter_model.safetensors`` with the trained factors (rank-0
-    modules left out) and the task head.
+    ``modules_to_save``; ``"CAUSAL_LM"`` for a language model, which has no head) and
+    ``adapter_model.safetensors`` with the trained factors (rank-0 modules left out) and the task head.
     """
     from peft import get_peft_model
 
     layers = {name: layer for name, layer in lora_layers(model).items() if layer.rank}
     heads = list(head_modules(model))
     config = rank_map.replace({name: layer.rank for name, layer in layers.items()}).to_peft_config(
-        task_type="SEQ_CLS", modules_to_save=list(heads))  # a copy: PEFT extends the list it is given
+        task_type="SEQ_CLS" if heads else "CAUSAL_LM", modules_to_save=list(heads) or None)  # a copy: PEFT extends the list it is given
     peft_model = get_peft_model(base, config)
     with torch.no_grad():
         for name, layer in layers.items():

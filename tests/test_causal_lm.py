@@ -1,0 +1,166 @@
+"""Causal-LM tasks: JSON Lines in three shapes, response-only loss, NLL metric, search and PEFT export (tiny random models)."""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from rankgym.backbones import byte_level_tokenizer, load_backbone
+from rankgym.cli import main
+from rankgym.evaluators.finetune import FinetuneEvaluator
+from rankgym.instruct import ALPACA, CHAT_PREFIX, encode_lm, fit, load_jsonl_folder, plain_chat, render_prompt
+from rankgym.recipe import Recipe
+from rankgym.tasks import Split, TaskError, load_task
+from rankgym.training import evaluate
+
+RECIPE = Recipe(train_examples=32, batch_size=8, lr=3e-3)
+
+
+def write(folder, name, records):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture(scope="module")
+def sums(tmp_path_factory):
+    """An addition task in the prompt/response shape: 64 training lines, 16 validation lines."""
+    folder = tmp_path_factory.mktemp("sums")
+    rows = [{"prompt": f"{a}+{b}=", "response": str(a + b)} for a, b in ((i * 7 % 23, i * 5 % 17) for i in range(80))]
+    write(folder, "train.jsonl", rows[:64])
+    write(folder, "validation.jsonl", rows[64:])
+    return folder
+
+
+def test_every_shape_is_read_and_rendered(tmp_path):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    records = [{"prompt": "Q: 2+2?", "response": "4"}, {"instruction": "Add", "input": "2 2", "output": "4"},
+               {"instruction": "Say hi", "output": "hi"}, {"messages": messages}, {"text": "plain text"}]
+    write(tmp_path, "train.jsonl", records)
+    write(tmp_path, "dev.jsonl", records[:1])
+    data = load_task(str(tmp_path))
+    assert data.causal_lm and data.metric == "neg_nll" and len(data.validation) == 1
+    prompts, responses = data.train.texts, data.train.labels
+    assert responses == ["4", "4", "hi", "Hello", "plain text"]
+    assert prompts[0] == "Q: 2+2?"
+    assert prompts[1] == ALPACA["input"].format(instruction="Add", input="2 2") and prompts[1].endswith("### Response:\n")
+    assert prompts[2] == ALPACA["no_input"].format(instruction="Say hi") and "### Input" not in prompts[2]
+    assert prompts[4] == ""
+    tokenizer = byte_level_tokenizer()  # no chat template: the plain one
+    assert render_prompt(prompts[3], tokenizer) == "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n" == plain_chat(messages[:2])
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+    assert render_prompt(prompts[3], tokenizer) == "[system] Be brief. [user] Hi [assistant] "
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "train.jsonl:2: not valid JSON"),
+    ('{"question": "x"}', "train.jsonl:2: a line needs prompt+response"),
+    ('{"messages": [{"role": "user", "content": "x"}]}', "ending with the assistant's turn"),
+])
+def test_a_bad_line_is_named_by_file_and_number(tmp_path, line, message):
+    (tmp_path / "train.jsonl").write_text('{"text": "fine"}\n' + line + "\n")
+    write(tmp_path, "validation.jsonl", [{"text": "fine"}])
+    with pytest.raises(TaskError, match=message.replace("+", r"\+").replace("(", r"\(")):
+        load_jsonl_folder(tmp_path)
+
+
+def test_only_response_tokens_are_targets_and_truncation_keeps_the_prompts_end_and_the_responses_start():
+    tokenizer = byte_level_tokenizer()  # one token per byte, so the counts are the lengths of the strings
+    eos = tokenizer.eos_token_id
+    split = Split(["abc=", "", "x" * 50], ["12", "hello", "y" * 50])
+    encoded, report = encode_lm(split, tokenizer, max_length=40)
+    first = encoded.targets[0].tolist()
+    assert first == [-100] * 4 + tokenizer("12")["input_ids"] + [eos] and encoded.ids[0].tolist()[:4] == tokenizer("abc=")["input_ids"]
+    assert encoded.targets[1].tolist() == encoded.ids[1].tolist()  # plain text: every token is a target ...
+    assert encoded.labels.tolist()[:2] == [3, 5]  # ... but the first has nothing before it to predict it (5 + eos - 1)
+    long_ids, long_targets = encoded.ids[2].tolist(), encoded.targets[2].tolist()
+    assert len(long_ids) == 40 and long_targets.count(-100) == 20  # the prompt kept its last 20 tokens, the response its first 20
+    assert long_ids[:20] == tokenizer("x" * 20)["input_ids"] and long_ids[20:] == tokenizer("y" * 20)["input_ids"]
+    assert (report.truncated, report.dropped) == (1, 0)
+    assert fit([1, 2, 3], [4, 5, 6, 7], 5) == ([2, 3], [4, 5, 6])
+    assert fit([1, 2], [3], 5) == ([1, 2], [3])
+    _, report = encode_lm(Split(["a", ""], ["b", ""]), tokenizer, max_length=8)
+    assert report.dropped == 1  # plain text of one token (its end-of-text) has nothing to predict
+
+
+def test_the_metric_is_minus_the_mean_nll_of_response_tokens_by_an_independent_count(sums):
+    evaluator = FinetuneEvaluator("tiny", str(sums), RECIPE, seed=0, device="cpu", max_rank=4, score_on="validation")
+    data, model = evaluator.val_set, evaluator.model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, targets in zip(data.ids, data.targets):
+            logits = model(input_ids=ids[None]).logits[0]
+            scored = targets[1:] != -100  # position t predicts token t + 1
+            total += torch.nn.functional.cross_entropy(logits[:-1][scored], targets[1:][scored], reduction="sum").item()
+            count += int(scored.sum())
+    metric, loss = evaluate(model, data, evaluator.tokenizer.pad_token_id, batch_size=5)
+    assert count == sum(len(r) + 1 for r in load_task(str(sums)).validation.labels)  # digits and end-of-text, by hand
+    assert loss == pytest.approx(total / count, rel=1e-5) and metric == -loss
+
+
+def test_finetune_lowers_the_nll_and_the_peft_export_gives_the_same_logits(sums, tmp_path):
+    result = CliRunner().invoke(main, ["finetune", "--backbone", "tiny", "--task", str(sums), "--uniform", "4", "--train-examples", "48",
+                                       "--epochs", "8", "--batch-size", "8", "--lr", "3e-3", "--seed", "1", "--device", "cpu", "--out", str(tmp_path / "ft"),
+                                       "--peft-out", str(tmp_path / "peft"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "NLL" in result.output and "perplexity" in result.output
+    trained = json.loads(result.stdout.strip().splitlines()[-1])["metric"]
+    untrained = FinetuneEvaluator("tiny", str(sums), RECIPE, seed=1, device="cpu", max_rank=4, score_on="validation")
+    empty = untrained.evaluate(untrained.template()).metric  # the base model, nothing trained
+    assert trained > empty + 0.5  # half a nat per token better than the random base
+
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and not config.get("modules_to_save")
+    base, _ = load_backbone("tiny", None, 0, 1)
+    theirs = PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    from rankgym.lora.inject import load_adapter
+
+    ours, _ = load_backbone("tiny", None, 0, 1)
+    load_adapter(ours, tmp_path / "ft")
+    ids = torch.randint(3, 250, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ours.eval()(input_ids=ids).logits
+        torch.testing.assert_close(theirs(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(theirs.merge_and_unload()(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_llama_checkpoint_searches_and_promotes_on_an_instruction_task(sums, tmp_path):
+    path = tmp_path / "llama"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                                 vocab_size=300, num_key_value_heads=2, max_position_embeddings=128)).save_pretrained(path)
+    byte_level_tokenizer().save_pretrained(path)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["search", "RankSearch-auto-sst2-v0", "--agent", "random", "--budget", "2", "--out", str(run),
+                                       "--env", f"task='{sums}'", "--env", f"model_name_or_path='{path}'", "--env", "device='cpu'",
+                                       "--env", "train_examples=16", "--env", "max_rank=4", "--env", "initial_rank=2",
+                                       "--promote", "1", "--promote-seeds", "1", "--promote-examples", "16", "--no-report"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["promotion"]["metric"] == "neg_nll" and all(math.isfinite(r["mean"]) and r["mean"] < 0 for r in summary["promotion"]["rows"])
+    peft = json.loads((run / "peft_adapter" / "adapter_config.json").read_text())
+    assert peft["task_type"] == "CAUSAL_LM" and "q_proj" in json.dumps(peft["target_modules"])
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), str(run / "peft_adapter"))
+    assert loaded(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 300)
+
+
+def test_a_chat_prompt_keeps_its_messages_until_the_tokenizer_renders_them():
+    prompt = CHAT_PREFIX + json.dumps([{"role": "user", "content": "Hi"}])
+    assert render_prompt(prompt, byte_level_tokenizer()) == "<|user|>\nHi\n<|assistant|>\n"
+    assert render_prompt("no chat", byte_level_tokenizer()) == "no chat"
+
+
+def test_the_elastic_evaluator_scores_causal_lm_maps_and_the_batched_one_refuses_them(sums):
+    from rankgym.errors import ConfigError
+    from rankgym.evaluators.batched import BatchedEvaluator
+    from rankgym.evaluators.elastic import ElasticEvaluator
+
+    elastic = ElasticEvaluator(backbone="tiny", task=str(sums), recipe=RECIPE, device="cpu", max_rank=4)
+    template = elastic.template()
+    scores = [elastic.evaluate(template.replace({m.name: r for m in elastic.modules})).metric for r in (1, 4)]
+    assert all(math.isfinite(s) and s < 0 for s in scores) and elastic.source == "trained"
+    with pytest.raises(ConfigError, match="causal-LM task use evaluator='finetune'"):
+        BatchedEvaluator("tiny", str(sums), RECIPE, device="cpu", max_rank=4, k=2)
