@@ -141,11 +141,16 @@ class RecordEvaluations(gym.Wrapper):
 
 
 class Progress:
-    """A bar over the budget: evaluations done, best reward so far, ETA."""
+    """A bar over the budget: evaluations done, best reward so far, ETA; and once the first
+    ``MEASURED`` evaluations are done, one line with the duration they predict on this machine
+    (machines differ threefold and more: a README's times are another machine's)."""
+
+    MEASURED = 3
 
     def __init__(self, budget: int, desc: str) -> None:
         self.bar = tqdm(total=budget, desc=desc, unit="eval", dynamic_ncols=True)
         self.best = -math.inf
+        self.budget, self.done, self.started = budget, 0, time.perf_counter()
 
     def __call__(self, kind: str, info: dict[str, Any], reward: float) -> None:
         if kind == "reset":
@@ -154,9 +159,21 @@ class Progress:
             self.best = info["score"]
             self.bar.set_postfix(best_reward=f"{self.best:.4f}", metric=f"{info['metric']:.4f}")
         self.bar.update(1)
+        self.done += 1
+        if self.done == self.MEASURED < self.budget:
+            each = (time.perf_counter() - self.started) / self.done
+            tqdm.write(f"expected: about {duration(each * (self.budget - self.done))} more for the other {self.budget - self.done} "
+                       f"evaluations ({each:.1f} s each so far on this machine; promotion comes after)")
 
     def close(self) -> None:
         self.bar.close()
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a person says it: 40 s, 12 min, 2.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 class RunDir:

@@ -274,3 +274,18 @@ def test_a_second_search_into_the_same_folder_is_refused_naming_the_holder(tmp_p
         holder.kill()
         holder.wait()
     RunDir(run, {"agent": "random"}).release()  # free once the holder is gone
+
+
+def test_the_first_evaluations_predict_the_search_duration_on_this_machine(monkeypatch, capsys):
+    import rankgym.run as run
+
+    clock = iter([100.0, 106.0])  # the bar starts at 100 s; three evaluations later it is 106 s: 2 s each
+    monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    progress = run.Progress(64, "test")
+    info = {"error": None, "score": 0.5, "metric": 0.5}
+    for _ in range(4):
+        progress("map", info, 0.5)
+    progress.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("expected")]
+    assert lines == ["expected: about 2 min more for the other 61 evaluations (2.0 s each so far on this machine; promotion comes after)"]
+    assert [run.duration(s) for s in (40, 720, 9000)] == ["40 s", "12 min", "2.5 h"]
