@@ -14,7 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rankgym  # noqa: F401  (registers the ids)
 from rankgym.envs.rank_search import RankSearchEnv
 from rankgym.errors import ConfigError
-from rankgym.core import Evaluation
+from rankgym.core import Evaluation, adapter_params
 from rankgym.evaluators.fake import FakeEvaluator
 from rankgym.store import EvaluationStore
 from rankgym.training import TrainingDiverged
@@ -84,6 +84,12 @@ def test_same_seed_same_trajectory_fake():
     actions = [space.sample() for _ in range(16)]
     assert_same(run_actions(gym.make("RankSearch-fake-v0", fake_noise=0.01), actions),
                 run_actions(gym.make("RankSearch-fake-v0", fake_noise=0.01), actions))
+    # the noise is there, and it is the seed's: another seed scores the same maps otherwise
+    other = run_actions(gym.make("RankSearch-fake-v0", fake_noise=0.01, seed=1), actions)
+    ours = run_actions(gym.make("RankSearch-fake-v0", fake_noise=0.01), actions)
+    assert [a[2] for a in ours[1:]] != [b[2] for b in other[1:]]
+    quiet = run_actions(gym.make("RankSearch-fake-v0", fake_noise=0.0), actions)
+    assert max(abs(a[2] - q[2]) for a, q in zip(ours[1:], quiet[1:])) > 0
 
 
 def test_same_seed_same_trajectory_tiny_cpu(sst2_dir):
@@ -261,16 +267,19 @@ def test_best_and_state_round_trip():
     assert a[1] == b[1]
 
 
-def test_fake_optimum_beats_every_uniform_map():
-    env = gym.make("RankSearch-fake-v0").unwrapped
+def test_fake_optimum_is_the_best_map_by_exhaustive_search():
+    import itertools
+
+    env = gym.make("RankSearch-fake-v0", fake_layers=1).unwrapped  # 6 modules: every map can be scored
     fake = env.evaluator
-    choices = list(range(0, 17, 2))
-    best_ranks, best_score = fake.optimum(env.lam, choices, env.reference_params)
-    for r in choices:
-        uniform = fake.metric_of([r] * 24) - env.lam * env.cost([r] * 24)
-        assert best_score >= uniform
-    assert best_score == pytest.approx(fake.metric_of(best_ranks) - env.lam * env.cost(best_ranks))
-    assert len(set(best_ranks)) > 1  # modules differ: a non-uniform optimum
+    choices = [0, 2, 8, 16]
+    for budget in (None, env.reference_params // 4):
+        best_ranks, best_score = fake.optimum(env.lam, choices, env.reference_params, budget)
+        scored = [(fake.metric_of(list(m)) - env.lam * env.cost(list(m)), list(m)) for m in itertools.product(choices, repeat=6)
+                  if budget is None or adapter_params(env.modules, list(m)) <= budget]
+        top_score, top = max(scored)
+        assert best_score == pytest.approx(top_score, abs=1e-12) and fake.metric_of(best_ranks) == pytest.approx(fake.metric_of(top))
+        assert len(set(best_ranks)) > 1  # modules differ: a non-uniform optimum
 
 
 def test_bad_kwargs_fail_at_construction():

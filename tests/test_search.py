@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -44,7 +45,15 @@ def test_random_search_writes_every_artefact_and_a_loadable_peft_config(tmp_path
     assert set(rows[0]) >= {"step", "metric", "params", "reward", "seconds", "cache_hit", "rank_map"}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["evaluations"] == 40
-    assert summary["best_reward"] == max(float(r["score"]) for r in rows)
+    # every logged number, recomputed by the fake evaluator itself from the logged map (seed 3, as the run)
+    env = gym.make("RankSearch-fake-v0", seed=3).unwrapped
+    template = env.evaluator.template()
+    for row in rows:
+        rank_map = template.replace(json.loads(row["rank_map"]))
+        metric = env.evaluator.evaluate(rank_map).metric
+        assert float(row["metric"]) == pytest.approx(metric) and float(row["score"]) == pytest.approx(metric - env.lam * env.cost(rank_map))
+    assert summary["best_reward"] == pytest.approx(max(env.evaluator.evaluate(template.replace(json.loads(r["rank_map"]))).metric
+                                                       - env.lam * env.cost(template.replace(json.loads(r["rank_map"]))) for r in rows))
     assert "best map:" in result.output and "report.md" in result.output
 
     best = RankMap.load(run / "best_rank_map.json")
