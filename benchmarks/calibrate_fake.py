@@ -6,7 +6,7 @@
 Data (all elastic scores on the score split, elastic v2, seed 0 unless said):
 - the 1,000 random maps of the shipped surrogate table (``rankgym/data``);
 - 15 probe maps scored for this fit: the empty map, one kind only at rank 16, one block only at
-  rank 16, all but block 0, all but the MLP output (``PROBES``, measured 2026-11-29);
+  rank 16, all but block 0, all but the MLP output (``rankgym/data/fake-calibration.json``, measured 2026-11-29);
 - the 17 maps of ``benchmarks/fidelity.py`` (mean of two elastic adapters, seeds 0 and 1).
 Model: metric = floor + span * (1 - exp(-sum_i a_i log(1 + r_i / rank_scale))), a_i = kind weight
 x logistic(depth); floor is the measured empty map, the rest is least squares (probe and fidelity
@@ -25,17 +25,9 @@ from rankgym.core import ModuleInfo
 from rankgym.evaluators.fake import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBES = {
-    "zero": 0.6537, "query-16": 0.6972, "key-16": 0.6995, "value-16": 0.7477, "attn_out-16": 0.7821,
-    "mlp_in-16": 0.8314, "mlp_out-16": 0.7787, "layer0-16": 0.6823, "layer1-16": 0.6732, "layer2-16": 0.7466,
-    "layer3-16": 0.7947, "layer4-16": 0.7867, "layer5-16": 0.7947, "all-but-layer0": 0.8784, "all-but-mlp_out": 0.8807,
-}
-FIDELITY = {  # elastic@16384, mean of two adapters
-    "uniform-2": 0.8750, "uniform-4": 0.8819, "uniform-8": 0.8922, "uniform-16": 0.8968, "preset-low": 0.8859,
-    "preset-medium-16": 0.8945, "qv-8": 0.8159, "qv-16": 0.8159, "attention-8": 0.8647, "mlp-8": 0.8280,
-    "shallow-16": 0.7804, "deep-16": 0.8521, "growing-with-depth": 0.8842, "random-0": 0.8853, "random-1": 0.8876,
-    "random-2": 0.8847, "random-sparse": 0.8406,
-}
+CALIBRATION = json.loads((ROOT / "rankgym" / "data" / "fake-calibration.json").read_text())
+PROBES = CALIBRATION["probes"]["scores"]  # measured for this fit; what each map is: the file's "maps"
+FIDELITY = CALIBRATION["fidelity"]["scores"]  # elastic@16384, mean of two adapters
 RANK_SCALE = 0.3  # fixed: left free it runs to its bound with no better fit, and 0.3 keeps uniform 2 < 4 < 8 < 16
 
 
