@@ -20,15 +20,18 @@ the other actors through Ray's object store instead of being trained again.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from typing import Any, Callable
 
-from rankgym.core import Evaluation, ModuleInfo, is_map_failure
+from rankgym.core import Evaluation, ModuleInfo, adapter_params, is_map_failure
 from rankgym.errors import ConfigError
 from rankgym.evaluators.base import Evaluator
 from rankgym.rankmap import RankMap
+
+log = logging.getLogger(__name__)
 
 
 def _ray():
@@ -118,6 +121,7 @@ class RayEvaluator(Evaluator):
         self.k = self.parallel = workers  # maps evaluated at once (a vector env's batch, an agent's proposals)
         self.per_worker = [0] * workers
         self.busy_seconds = [0.0] * workers
+        self.dead: set[int] = set()  # actors that died past max_restarts
         self.started = time.perf_counter()
 
     @property
@@ -131,14 +135,52 @@ class RayEvaluator(Evaluator):
         return self.evaluate_many([rank_map])[0]
 
     def evaluate_many(self, rank_maps: list[RankMap]) -> list[Evaluation]:
-        """Every map on the next free actor; results in the order of ``rank_maps``."""
-        from ray.util import ActorPool
+        """Every map on the next free actor; results in the order of ``rank_maps``.
 
-        results = []
-        for evaluation, seconds, worker in ActorPool(self.actors).map(lambda actor, m: actor.evaluate.remote(m), rank_maps):
+        An actor that dies past ``max_restarts`` is dropped and its map goes to another live
+        actor; a map fails (a stored failure) only once every actor it was tried on died with it,
+        or no actor is left. ActorPool is not used: it gives up the whole batch on a dead actor.
+        """
+        ray = _ray()
+        results: list[Evaluation | None] = [None] * len(rank_maps)
+        tried: list[set[int]] = [set() for _ in rank_maps]
+        deaths: list[list[str]] = [[] for _ in rank_maps]
+        queue = list(range(len(rank_maps)))
+        running: dict[Any, tuple[int, int]] = {}  # object ref -> (map, actor)
+        idle = [a for a in range(len(self.actors)) if a not in self.dead]
+        while queue or running:
+            for i in list(queue):
+                untried = [a for a in range(len(self.actors)) if a not in self.dead and a not in tried[i]]
+                if not untried and not tried[i]:  # the workers died on other maps: nothing says this one fails
+                    raise RuntimeError("every Ray worker died; the evaluations that finished are stored: "
+                                       "resume the run (rankgym search --resume) to continue")
+                if not untried:  # every live actor it was tried on died with it: the map's own failure
+                    queue.remove(i)
+                    results[i] = Evaluation(math.nan, adapter_params(self._modules, rank_maps[i].ranks), 0.0,
+                                            error="the Ray worker died evaluating this map on every worker tried: " + "; ".join(deaths[i]))
+                    continue
+                free = [a for a in idle if a in untried]
+                if free:
+                    queue.remove(i)
+                    idle.remove(free[0])
+                    running[self.actors[free[0]].evaluate.remote(rank_maps[i])] = (i, free[0])
+            if not running:
+                continue
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            i, actor = running.pop(ref)
+            try:
+                evaluation, seconds, worker = ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                self.dead.add(actor)
+                tried[i].add(actor)
+                deaths[i].append(f"worker {actor}: {str(err).splitlines()[0]}")
+                log.warning("Ray worker %d died (past its restarts); its map goes to another worker", actor)
+                queue.insert(0, i)
+                continue
             self.per_worker[worker] += 1
             self.busy_seconds[worker] += seconds
-            results.append(evaluation)
+            results[i] = evaluation
+            idle.append(actor)
         return results
 
     def utilisation(self) -> dict[str, Any]:

@@ -91,3 +91,45 @@ def test_more_gpu_workers_than_gpus_is_refused_instead_of_waiting_for_ever(monke
     config = EnvConfig(evaluator="fake", device="auto").to_dict()
     with pytest.raises(ConfigError, match="2 Ray workers asked for, but the cluster has 1 GPU"):
         RayEvaluator(config, workers=2)
+
+
+def dying_fake(marker: str):
+    """A factory of fake evaluators whose process dies on two maps: rank 3 everywhere kills the first
+    worker that evaluates it (then the marker file exists), rank 5 everywhere kills every worker."""
+    import os
+    from pathlib import Path
+
+    from rankgym.evaluators.fake import FakeEvaluator
+
+    class Dying(FakeEvaluator):
+        def evaluate(self, rank_map):
+            ranks = set(rank_map.ranks.values())
+            if ranks == {5} or (ranks == {3} and not Path(marker).exists()):
+                Path(marker).touch()
+                os._exit(1)  # as a worker killed by the kernel: no exception, no reply
+            return super().evaluate(rank_map)
+
+    return lambda: Dying(layers=1)
+
+
+def test_a_dead_workers_map_goes_to_another_and_only_a_map_that_kills_every_worker_fails(tmp_path):
+    from rankgym.evaluators.fake import FakeEvaluator
+    from rankgym.ray_pool import RayEvaluator
+
+    plain = FakeEvaluator(layers=1)
+    template = plain.template()
+    maps = [template.replace(dict.fromkeys(template.ranks, r)) for r in (2, 3, 4, 6)]
+    pool = RayEvaluator(dying_fake(str(tmp_path / "died-once")), workers=2, max_restarts=0, evaluator="fake")
+    results = pool.evaluate_many(maps)
+    assert [r.metric for r in results] == [plain.evaluate(m).metric for m in maps] and all(r.ok for r in results)
+    assert len(pool.dead) == 1  # the worker that took rank 3 first; the other evaluated it
+    pool.close()
+
+    pool = RayEvaluator(dying_fake(str(tmp_path / "unused")), workers=2, max_restarts=0, evaluator="fake")
+    killer, fine = template.replace(dict.fromkeys(template.ranks, 5)), maps[0]
+    results = pool.evaluate_many([killer, fine])
+    assert not results[0].ok and "died evaluating this map on every worker tried" in results[0].error
+    assert results[1].ok and results[1].metric == plain.evaluate(fine).metric
+    with pytest.raises(RuntimeError, match="every Ray worker died.*--resume"):
+        pool.evaluate_many([fine])
+    pool.close()
