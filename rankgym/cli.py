@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from rankgym import __version__
+from rankgym import __version__, defaults
+from rankgym.agents import AGENTS
 from rankgym.recipe import ALPHA_POLICY, Recipe, full_recipe
 
 
@@ -126,46 +127,21 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         click.echo(json.dumps(summary))
 
 
-AGENTS = ("ppo", "ppo-steps", "random", "tpe", "uniform", "presets", "spectral", "prilora", "adalora", "eva", "growth", "autolora")
-OWN_ARGS = {"ppo": "ppo", "adalora": "adalora", "eva": "eva", "growth": "growth", "autolora": "autolora"}
-
-
 def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, resume: bool, env_kwargs: dict,
               hyperparams: dict, n_envs: int, devices: tuple[str, ...], promote: dict, retry_failed: bool = False,
               allow_divergence: bool = False) -> dict:
-    """Dispatch to the agent scripts in agents/ (shipped as rankgym.agents)."""
+    """Dispatch to the agent scripts in agents/ (shipped as rankgym.agents), through their registry."""
+    from rankgym.agents import run
+
     common = dict(env_id=env_id, budget=budget, seed=seed, out=out, resume=resume, env_kwargs=env_kwargs, retry_failed=retry_failed,
                   allow_divergence=allow_divergence, **promote)
-    if agent == "ppo-steps":
-        from rankgym.agents import ppo_steps
-
-        return ppo_steps.run(ppo_steps.Args(**common, n_envs=n_envs, devices=list(devices), hyperparams=hyperparams))
-    if agent in OWN_ARGS:  # agents whose own fields come from --set KEY=VALUE
-        import importlib
-        from dataclasses import fields
-
-        module = importlib.import_module(f"rankgym.agents.{OWN_ARGS[agent]}")
-        known = {f.name for f in fields(module.Args)} - set(common)
-        if unknown := sorted(set(hyperparams) - known):
-            fail(f"unknown --set {', '.join(unknown)} for {agent}; it takes {', '.join(sorted(known)) or 'none'}")
-        return module.run(module.Args(**common, **hyperparams))
-    if agent == "random":
-        from rankgym.agents import random_search
-
-        return random_search.run(random_search.Args(**common))
-    if agent == "tpe":
-        from rankgym.agents import tpe
-
-        return tpe.run(tpe.Args(**common))
-    from rankgym.agents import baselines
-
-    return baselines.run(baselines.Args(**common, family=agent))
+    return run(agent, common, hyperparams, n_envs, devices)
 
 
 @main.command()
 @click.argument("env_id", required=False)
 @click.option("--agent", type=click.Choice(AGENTS), default="ppo", show_default=True)
-@click.option("--budget", type=click.IntRange(1), default=64, show_default=True, help="Evaluations to spend (environment steps or maps).")
+@click.option("--budget", type=click.IntRange(1), default=defaults.BUDGET, show_default=True, help="Evaluations to spend (environment steps or maps).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), help="Run folder (default runs/ENV__AGENT__SEED__TIME).")
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue a killed run from its folder.")
@@ -179,10 +155,10 @@ def run_agent(env_id: str, agent: str, budget: int, seed: int, out: str | None, 
 @click.option("--worker-cpus", type=click.IntRange(1), default=1, show_default=True, help="With --ray: CPUs (torch threads) per CPU worker.")
 @click.option("--param-budget", type=float, help="At most this fraction (0, 1] of uniform rank max_rank's adapter parameters, "
               "or this many parameters (> 1); maps over it are scaled down onto it and the reward is the metric.")
-@click.option("--promote", type=int, default=3, show_default=True, help="Top maps retrained with the full recipe at the end.")
-@click.option("--promote-seeds", type=int, default=3, show_default=True, help="Seeds of every promotion retrain.")
+@click.option("--promote", type=int, default=defaults.PROMOTE, show_default=True, help="Top maps retrained with the full recipe at the end.")
+@click.option("--promote-seeds", type=int, default=defaults.PROMOTE_SEEDS, show_default=True, help="Seeds of every promotion retrain.")
 @click.option("--promote-examples", type=int, default=None, help="Training examples of a promotion retrain (default: the task's full recipe).")
-@click.option("--promote-halving", type=click.FloatRange(0), default=3.0, show_default=True,
+@click.option("--promote-halving", type=click.FloatRange(0), default=defaults.PROMOTE_HALVING, show_default=True,
               help="After each seed, candidates this many seed spreads behind the leader stop (0: every candidate gets every seed).")
 @click.option("--no-promote", is_flag=True, help="Answer with the best search score, without retraining.")
 @click.option("--retry-failed", is_flag=True, help="With --resume: evaluate maps whose stored evaluation failed again.")

@@ -34,6 +34,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rankgym import defaults
 from rankgym.rankmap import RankMap
 from rankgym.strategies.heuristics import uniform_label
 
@@ -56,11 +57,11 @@ class Promotion:
             instead of reporting the stored failure.
     """
 
-    top_k: int = 3
-    seeds: int = 3
+    top_k: int = defaults.PROMOTE
+    seeds: int = defaults.PROMOTE_SEEDS
     examples: int | None = None
     heuristics: bool = True
-    halving: float | None = 3.0
+    halving: float | None = defaults.PROMOTE_HALVING
     retry_failed: bool = False
 
 

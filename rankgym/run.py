@@ -23,6 +23,7 @@ from typing import Any
 import gymnasium as gym
 from tqdm.auto import tqdm
 
+from rankgym import defaults
 from rankgym.errors import ConfigError, FileError
 from rankgym.files import read_json, require
 from rankgym.promotion import Promotion, promote, promoted_map
@@ -466,15 +467,15 @@ class SearchArgs:
     """What every agent takes; each agent's ``Args`` adds its own fields."""
 
     env_id: str = "RankSearch-fake-v0"  # registered environment id
-    budget: int = 256  # evaluations to spend (environment steps or proposed maps)
+    budget: int = defaults.BUDGET  # evaluations to spend (environment steps or proposed maps)
     seed: int = 0  # seeds the agent and the environment
     out: str | None = None  # run folder (default runs/<env>__<agent>__<seed>__<time>)
     resume: bool = False  # continue the run in --out
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # gym.make overrides (--env KEY=VALUE)
-    promote: int = 3  # distinct top maps retrained with the full recipe at the end (0: no promotion)
-    promote_seeds: int = 3  # seeds of every promotion retrain
+    promote: int = defaults.PROMOTE  # distinct top maps retrained with the full recipe at the end (0: no promotion)
+    promote_seeds: int = defaults.PROMOTE_SEEDS  # seeds of every promotion retrain
     promote_examples: int | None = None  # training examples of a promotion retrain (None: the task's full recipe)
-    promote_halving: float = 3.0  # a candidate this many seed spreads behind the leader after a seed stops (0: every seed)
+    promote_halving: float = defaults.PROMOTE_HALVING  # a candidate this many seed spreads behind the leader after a seed stops (0: every seed)
     retry_failed: bool = False  # evaluate stored failures again (e.g. a transient out-of-memory) when resuming
     allow_divergence: bool = False  # a resumed run that differs from its log replaces the log from there on
 

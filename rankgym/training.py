@@ -257,8 +257,10 @@ def finetune_copies(
     device = _device_of(model)
     torch.manual_seed(seed)  # dropout masks
     params = [p for p in model.parameters() if p.requires_grad]
-    # nothing to train (a language model's empty map: no rank, no head): the base model is validated as it is
-    trainable = bool(head_modules(model)) or any(layer.rank for layer in lora_layers(model).values())
+    # nothing to train (a language model's empty map: rankgym's layers all at rank 0, no head): the base
+    # model is validated as it is. Models without rankgym's layers (PEFT's, for AdaLoRA) train their params.
+    layers = lora_layers(model)
+    trainable = bool(params) and (not layers or bool(head_modules(model)) or any(layer.rank for layer in layers.values()))
     batches = training_order(train, recipe.batch_size, seed, recipe.epochs) if trainable else []
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
     warmup = max(1, int(recipe.warmup * len(batches)))

@@ -298,3 +298,18 @@ def test_the_first_evaluations_predict_the_search_duration_on_this_machine(monke
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("expected")]
     assert lines == ["expected: about 2 min more for the other 61 evaluations (2.0 s each so far on this machine; promotion comes after)"]
     assert [run.duration(s) for s in (40, 720, 9000)] == ["40 s", "12 min", "2.5 h"]
+
+
+def test_every_agent_is_in_one_registry_and_an_unknown_setting_is_refused_not_ignored(tmp_path):
+    from rankgym import agents, defaults
+    from rankgym.run import SearchArgs
+
+    for name, (module, _) in agents.AGENTS.items():  # each entry names a script with Args and run
+        script = __import__(f"rankgym.agents.{module}", fromlist=["Args", "run"])
+        assert issubclass(script.Args, SearchArgs) and callable(script.run), name
+    assert SearchArgs().budget == defaults.BUDGET == 64  # the CLI's --budget default is the same constant
+    for agent, message in (("random", "it takes none"), ("tpe", "it takes none"), ("growth", "it takes")):
+        result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", agent, "--budget", "2", "--set", "temperature=2",
+                                           "--out", str(tmp_path / agent), "--no-report"])
+        assert result.exit_code == 2 and f"unknown --set temperature for {agent}; {message}" in result.output, result.output
+        assert not (tmp_path / agent).exists()
