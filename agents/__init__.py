@@ -1,6 +1,6 @@
 """The agents, one readable script each (CleanRL style), and the one registry that names them.
 
-Every script has an ``Args`` dataclass (the common :class:`rankgym.run.SearchArgs` and its own
+Every script has an ``Args`` dataclass (the common :class:`rankgym.harness.SearchArgs` and its own
 fields) and ``run(args)``; ``rankgym search --agent NAME`` and :func:`run` go through
 :data:`AGENTS`, so a new agent is one file and one line here.
 """

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rankgym.recipe import Recipe
-from rankgym.run import SearchArgs, one_shot, parse_cli, strategy_budget
+from rankgym.harness import SearchArgs, one_shot, parse_cli, strategy_budget
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rankgym.core import adapter_params
-from rankgym.run import SearchArgs, evaluate_batch, finish_search, open_search, parse_cli
+from rankgym.harness import SearchArgs, evaluate_batch, finish_search, open_search, parse_cli
 from rankgym.strategies import baseline_maps
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from rankgym.errors import ConfigError
 from rankgym.recipe import Recipe
-from rankgym.run import SearchArgs, one_shot, parse_cli, strategy_budget
+from rankgym.harness import SearchArgs, one_shot, parse_cli, strategy_budget
 
 
 @dataclass

@@ -28,7 +28,7 @@ import numpy as np
 
 import rankgym
 from rankgym.errors import ConfigError
-from rankgym.run import SearchArgs, evaluate_ranks, evaluate_starts, finish_search, open_search, parse_cli
+from rankgym.harness import SearchArgs, evaluate_ranks, evaluate_starts, finish_search, open_search, parse_cli
 
 SHIPPED = Path(rankgym.__file__).parent / "data" / "ppo-modules.zip"
 

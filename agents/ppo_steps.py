@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from rankgym.run import SearchArgs, parse_cli
+from rankgym.harness import SearchArgs, parse_cli
 
 CONFIGS = resources.files("rankgym") / "data" / "ppo.yaml"  # package data, so an installed wheel has it too
 
@@ -46,7 +46,7 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], log_path: str, worker: int
         from stable_baselines3.common.monitor import Monitor
 
         import rankgym  # noqa: F401  (registers the ids in a spawned process)
-        from rankgym.run import RecordEvaluations
+        from rankgym.steplog import RecordEvaluations
 
         env = gym.make(env_id, **env_kwargs)
         return Monitor(RecordEvaluations(env, log_path, worker, on_record, allow_divergence))
@@ -62,7 +62,9 @@ def run(args: Args) -> dict[str, Any]:
 
     from rankgym.envs.vector import RankSearchVecEnv
     from rankgym.registry import make_batched_episodes
-    from rankgym.run import Progress, RunDir, StepLog, run_folder
+    from rankgym.harness import Progress
+    from rankgym.run import RunDir, run_folder
+    from rankgym.steplog import StepLog
 
     hp = hyperparameters(args.env_id, args.hyperparams)
     out = args.out or run_folder(args.env_id, "ppo-steps", args.seed)

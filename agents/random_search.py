@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rankgym.run import SearchArgs, evaluate_batch, finish_search, evaluate_starts, open_search, parse_cli
+from rankgym.harness import SearchArgs, evaluate_batch, evaluate_starts, finish_search, open_search, parse_cli
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rankgym.errors import ConfigError
-from rankgym.run import SearchArgs, evaluate_batch, finish_search, heuristic_starts, open_search, parse_cli
+from rankgym.harness import SearchArgs, evaluate_batch, finish_search, heuristic_starts, open_search, parse_cli
 
 
 @dataclass

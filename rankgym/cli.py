@@ -199,7 +199,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
         else:
             if not env_id:
                 fail("give an ENV_ID (see `rankgym envs`) or --resume RUN_DIR")
-            from rankgym.run import key_values
+            from rankgym.harness import key_values
 
             env_kwargs, hyperparams = key_values(env_options), key_values(hp_options)
             if param_budget is not None:
@@ -391,7 +391,7 @@ def surrogate(store, out, backbone, task, evaluator) -> None:
 def allocate(tasks, param_budget, backbone, weights, out, env_options) -> None:
     """Split one adapter budget across tasks by their measured metric per parameter (one map per task)."""
     from rankgym.allocate import allocate as split
-    from rankgym.run import key_values
+    from rankgym.harness import key_values
 
     names = [t for t in tasks.replace(",", " ").split() if t]
     if not names:
@@ -430,7 +430,7 @@ def headroom(env_id, param_budget, seeds, env_options, store, as_json) -> None:
     import rankgym  # noqa: F401  (registers the ids)
     from rankgym.headroom import headroom as measure
     from rankgym.registry import EnvConfig
-    from rankgym.run import key_values
+    from rankgym.harness import key_values
 
     with user_errors():
         if env_id not in gym.registry:

@@ -1,7 +1,7 @@
 """Defaults a search shares between the command line and the Python API, one source each.
 
 A module of plain values, so that the CLI reads them without importing torch (``rankgym --help``
-stays fast); :class:`rankgym.run.SearchArgs` and :class:`rankgym.promotion.Promotion` use them too.
+stays fast); :class:`rankgym.harness.SearchArgs` and :class:`rankgym.promotion.Promotion` use them too.
 """
 
 BUDGET = 64  # evaluations a search spends (environment steps or maps)

@@ -286,7 +286,7 @@ def test_a_second_search_into_the_same_folder_is_refused_naming_the_holder(tmp_p
 
 
 def test_the_first_evaluations_predict_the_search_duration_on_this_machine(monkeypatch, capsys):
-    import rankgym.run as run
+    import rankgym.harness as run
 
     clock = iter([100.0, 106.0])  # the bar starts at 100 s; three evaluations later it is 106 s: 2 s each
     monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
@@ -302,7 +302,7 @@ def test_the_first_evaluations_predict_the_search_duration_on_this_machine(monke
 
 def test_every_agent_is_in_one_registry_and_an_unknown_setting_is_refused_not_ignored(tmp_path):
     from rankgym import agents, defaults
-    from rankgym.run import SearchArgs
+    from rankgym.harness import SearchArgs
 
     for name, (module, _) in agents.AGENTS.items():  # each entry names a script with Args and run
         script = __import__(f"rankgym.agents.{module}", fromlist=["Args", "run"])
