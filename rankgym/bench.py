@@ -25,7 +25,7 @@ from rankgym.backbones import HEAD_NAMES, load_backbone
 from rankgym.evaluators.batched import BatchedEvaluator
 from rankgym.evaluators.finetune import FinetuneEvaluator, resolve_device
 from rankgym.rankmap import RankMap
-from rankgym.tasks import Encoded
+from rankgym.taskdata import Encoded
 from rankgym.training import Recipe, finetune
 
 # bf16 dense tensor-core peaks (FLOP/s) of GPUs we know; elsewhere the fraction is not reported.

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankgym.tasks import Split, TaskData, TaskError
+from rankgym.taskdata import Encoded, Split, TaskData, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,6 @@ def encode_lm(split: Split, tokenizer, max_length: int):
     and whose ``labels`` count each example's response tokens.
     """
     import torch
-
-    from rankgym.tasks import Encoded
 
     ids, targets, counts, report = [], [], [], Truncation()
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None else []

@@ -23,7 +23,7 @@ from rankgym.backbones import head_modules, init_head
 from rankgym.errors import MapFailure
 from rankgym.lora.inject import lora_layers
 from rankgym.recipe import Recipe
-from rankgym.tasks import Encoded
+from rankgym.taskdata import Encoded
 
 
 class TrainingDiverged(MapFailure, RuntimeError):

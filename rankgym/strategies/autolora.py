@@ -35,7 +35,7 @@ from rankgym.lora.inject import apply_rank_map
 from rankgym.lora.layer import LoRALayer
 from rankgym.rankmap import RankMap
 from rankgym.recipe import ALPHA_POLICY, Recipe
-from rankgym.tasks import Encoded
+from rankgym.taskdata import Encoded
 from rankgym.training import batch_inputs, init_adapters, task_loss, training_order
 
 

@@ -25,7 +25,7 @@ from rankgym.core import ModuleInfo, adapter_params
 from rankgym.lora.inject import apply_rank_map
 from rankgym.rankmap import RankMap
 from rankgym.recipe import ALPHA_POLICY, Recipe
-from rankgym.tasks import Encoded
+from rankgym.taskdata import Encoded
 from rankgym.training import finetune, init_adapters, training_order
 
 SCHEDULES = ("linear", "step", "adaptive")

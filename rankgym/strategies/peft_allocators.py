@@ -16,7 +16,7 @@ from torch import nn
 
 from rankgym.core import ModuleInfo
 from rankgym.recipe import Recipe
-from rankgym.tasks import Encoded
+from rankgym.taskdata import Encoded
 from rankgym.training import batch_inputs, finetune, training_order
 
 
