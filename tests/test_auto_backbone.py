@@ -102,7 +102,7 @@ def test_target_modules_narrow_a_known_family(task, tmp_path):
     assert [spec.module_kind(n) for n in spec.target_modules(model)] == ["query", "value"] * 2
 
 
-def test_bf16_base_keeps_fp32_adapters_and_head(task, tmp_path):
+def test_bf16_base_keeps_fp32_adapters_and_head(task, tmp_path, monkeypatch):
     path = saved_model(tmp_path / "llama", CONFIGS["llama"]())
     evaluator = FinetuneEvaluator("auto", task, RECIPE, device="cpu", max_rank=4, model_name_or_path=path, dtype="bf16")
     evaluation = evaluator.evaluate(evaluator.template().replace({m.name: 2 for m in evaluator.modules}))
@@ -110,6 +110,14 @@ def test_bf16_base_keeps_fp32_adapters_and_head(task, tmp_path):
     layer = evaluator.model.get_submodule(evaluator.modules[0].name)
     assert layer.base.weight.dtype == torch.bfloat16 and layer.lora_A.dtype == torch.float32
     assert evaluator.model.score.weight.dtype == torch.float32 and layer.lora_B.abs().sum() > 0  # it trained
+    # the PEFT export builds its base in bf16 too (an fp32 copy would double the peak memory), and PEFT loads it
+    import rankgym.evaluators.finetune as finetune
+
+    dtypes = []
+    real = finetune.load_backbone
+    monkeypatch.setattr(finetune, "load_backbone", lambda *a, **k: dtypes.append(k.get("dtype")) or real(*a, **k))
+    evaluator.save_peft_adapter(tmp_path / "peft", evaluator.template().replace({m.name: 2 for m in evaluator.modules}))
+    assert dtypes == ["bf16"] and (tmp_path / "peft" / "adapter_model.safetensors").is_file()
 
 
 def test_the_cli_and_the_auto_env_ids(task, tmp_path):

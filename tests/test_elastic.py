@@ -70,6 +70,15 @@ def test_a_score_does_not_depend_on_the_maps_scored_before_it(sst2_dir):
     assert all(torch.equal(layer.base.weight, frozen[name]) and not layer.merged for name, layer in lora_layers(evaluator.model).items())
 
 
+def test_scoring_through_the_adapters_keeps_no_copy_of_the_weights_and_scores_as_merged(sst2_dir):
+    merged, through = elastic(sst2_dir), elastic(sst2_dir, merge=False)  # merge=False: what a GPU does by default
+    assert merged.merge and not through.merge  # device cpu: merge by default
+    rank_map = varied(merged)
+    a, b = merged.evaluate(rank_map), through.evaluate(through.template().replace(rank_map.ranks))
+    assert b.metric == pytest.approx(a.metric, abs=1 / 48) and b.val_loss == pytest.approx(a.val_loss, rel=1e-4)
+    assert through._frozen is None and merged._frozen is not None  # one model's weights, no restore copy
+
+
 SECOND_PROCESS = """
 import json, sys
 from rankgym.evaluators.elastic import ElasticEvaluator

@@ -53,6 +53,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         min_rank / rank_step: with ``max_rank``, the grid every module draws its rank from.
         sandwich: every other training step at full rank on every module.
         cache_dir: folder where the trained adapter is saved and looked for (None: kept in memory only).
+        merge: score with each slice merged into the frozen weights (None: on a CPU only; see ``__init__``).
         **kwargs: as :class:`FinetuneEvaluator`; its ``recipe`` is the elastic adapter's one training run.
     """
 
@@ -60,8 +61,11 @@ class ElasticEvaluator(FinetuneEvaluator):
     version = 3  # 3: BERT's pooler trains with the head; 2: factors seeded per module, scoring on merged weights
 
     def __init__(self, *args: Any, min_rank: int = 0, rank_step: int = 2, sandwich: bool = True,
-                 cache_dir: str | Path | None = None, **kwargs: Any) -> None:
+                 cache_dir: str | Path | None = None, merge: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Merging makes the scoring forward a plain one (15 % faster on a CPU) but keeps a copy of every
+        # adapted weight to restore from: on a GPU, where memory is what runs out, score through the adapters.
+        self.merge = self.device.type == "cpu" if merge is None else merge
         self.grid = list(range(min_rank, self.max_rank + 1, rank_step))
         if not self.grid or self.grid[-1] != self.max_rank:
             self.grid.append(self.max_rank)
@@ -181,10 +185,9 @@ class ElasticEvaluator(FinetuneEvaluator):
         self.ensure_trained()
         start = time.perf_counter()
         self.slice_to(rank_map)
-        layers = lora_layers(self.model)
-        if self._frozen is None:  # the frozen weights never change: one copy to restore from after every merge
+        layers = lora_layers(self.model) if self.merge else {}
+        if self.merge and self._frozen is None:  # the frozen weights never change: one copy to restore from after every merge
             self._frozen = {name: layer.base.weight.detach().clone() for name, layer in layers.items()}
-        originals = self._frozen
         try:
             for layer in layers.values():
                 layer.merge()
@@ -192,6 +195,6 @@ class ElasticEvaluator(FinetuneEvaluator):
                                     self.recipe.val_examples)
         finally:
             for name, layer in layers.items():
-                layer.unmerge(originals[name])
+                layer.unmerge(self._frozen[name])
         return Evaluation(metric=metric, params=self.trainable_params(rank_map), seconds=time.perf_counter() - start,
                           val_loss=loss, device=str(self.device))

@@ -231,7 +231,8 @@ class FinetuneEvaluator(Evaluator):
         Written to a temporary folder and renamed, so a killed process never leaves a partial adapter.
         """
         directory = Path(directory)
-        base, _ = load_backbone(self.spec.name, self.model_name_or_path, self.data.num_labels, self.seed)
+        # the base in the dtype the model trained on: an fp32 copy of a bf16 model would double the peak memory
+        base, _ = load_backbone(self.spec.name, self.model_name_or_path, self.data.num_labels, self.seed, dtype=self.dtype)
         tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         save_peft_adapter(self.model, base, tmp, rank_map)
