@@ -15,6 +15,7 @@ _PUBLIC = {
     "load_adapter": "rankgym.lora.inject",
     "load_backbone": "rankgym.backbones",
     "load_task": "rankgym.tasks",
+    "register_task": "rankgym.registry",
     "Recipe": "rankgym.training",
     "FinetuneEvaluator": "rankgym.evaluators.finetune",
     "RankSearchEnv": "rankgym.envs.rank_search",

@@ -218,7 +218,7 @@ def search(env_id, agent, budget, seed, out, resume_dir, env_options, hp_options
 
         if env_id not in gym.registry:
             fail(f"unknown environment {env_id!r}" + (f" in {Path(resume_dir) / 'config.json'}" if resume_dir else "")
-                 + "; `rankgym envs` lists them")
+                 + "; `rankgym envs` lists them (a task folder's ids register with $RANKGYM_TASKS=FOLDER)")
         try:
             summary = run_agent(env_id, agent, budget, seed, out, bool(resume_dir), env_kwargs, hyperparams, n_envs, devices, promotion,
                                 retry_failed, allow_divergence)

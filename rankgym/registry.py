@@ -7,9 +7,13 @@ overridden at ``gym.make``; unknown or bad ones fail at construction with a clea
 from __future__ import annotations
 
 import difflib
+import os
+import re
 import types
 import typing
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -170,13 +174,48 @@ def env_ids() -> dict[str, dict[str, Any]]:
         for task in TASKS:
             ids[f"RankSearch-{backbone}-{task}-v0"] = dict(backbone=backbone, task=task, evaluator="finetune",
                                                           **BACKBONE_DEFAULTS[backbone])
+    for folder in filter(None, os.environ.get(TASKS_ENV, "").split(os.pathsep)):
+        try:
+            ids.update(task_env_ids(folder))
+        except ConfigError as err:  # importing rankgym must not fail on a stale shell variable
+            warnings.warn(str(err), stacklevel=2)
     return ids
 
 
-def register_envs() -> None:
-    for env_id, kwargs in env_ids().items():
+TASKS_ENV = "RANKGYM_TASKS"  # task folders whose ids register on import, separated like PATH
+
+
+def task_env_ids(folder: str | Path, name: str | None = None) -> dict[str, dict[str, Any]]:
+    """``RankSearch-{backbone}-{name}-v0`` for a task folder (TSV/CSV, or JSON Lines for a causal LM), every backbone."""
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"task folder {folder} does not exist (from ${TASKS_ENV} or register_task)")
+    name = name or path.name
+    if not re.fullmatch(r"[\w.]+", name):
+        raise ConfigError(f"task name {name!r} may hold letters, digits, '_' and '.' only; pass name= to register_task")
+    return {f"RankSearch-{backbone}-{name}-v0": dict(backbone=backbone, task=str(path), evaluator="finetune", **BACKBONE_DEFAULTS[backbone])
+            for backbone in (*BACKBONES, "auto")}
+
+
+def register_task(folder: str | Path, name: str | None = None) -> list[str]:
+    """Register the env ids of a task folder (named after it, or ``name``) and return them; in a shell,
+    ``$RANKGYM_TASKS`` does the same for ``rankgym search`` and a resumed run."""
+    ids = task_env_ids(folder, name)
+    for env_id, kwargs in ids.items():
+        if env_id in gym.registry and gym.spec(env_id).kwargs.get("task") != kwargs["task"]:
+            raise ConfigError(f"{env_id} is already registered for {gym.spec(env_id).kwargs.get('task')}; pass another name=")
+    _register(ids)
+    return list(ids)
+
+
+def _register(ids: dict[str, dict[str, Any]]) -> None:
+    for env_id, kwargs in ids.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs=dict(kwargs, env_id=env_id))
+
+
+def register_envs() -> None:
+    _register(env_ids())
 
 
 def build_evaluator(config: EnvConfig, k: int = 1):

@@ -164,3 +164,22 @@ def test_the_elastic_evaluator_scores_causal_lm_maps_and_the_batched_one_refuses
     assert all(math.isfinite(s) and s < 0 for s in scores) and elastic.source == "trained"
     with pytest.raises(ConfigError, match="causal-LM task use evaluator='finetune'"):
         BatchedEvaluator("tiny", str(sums), RECIPE, device="cpu", max_rank=4, k=2)
+
+
+def test_a_task_folder_gets_env_ids_of_its_own(sums, tmp_path, monkeypatch):
+    import gymnasium as gym
+
+    from rankgym.errors import ConfigError
+    from rankgym.registry import register_task
+
+    ids = register_task(sums, name="sums")
+    assert "RankSearch-auto-sums-v0" in ids and "RankSearch-tiny-sums-v0" in ids
+    env = gym.make("RankSearch-tiny-sums-v0", device="cpu", train_examples=16).unwrapped
+    assert env.evaluator.data.causal_lm and env.reset(seed=0)[1]["metric"] < 0
+    with pytest.raises(ConfigError, match="already registered"):
+        register_task(tmp_path, name="sums")  # another folder under a taken name
+    # in a shell: $RANKGYM_TASKS, which `rankgym search` (and a resumed run) reads on import
+    monkeypatch.setenv("RANKGYM_TASKS", str(sums))
+    from rankgym.registry import env_ids
+
+    assert f"RankSearch-auto-{sums.name}-v0" in env_ids()
