@@ -191,8 +191,8 @@ def task_env_ids(folder: str | Path, name: str | None = None) -> dict[str, dict[
     if not path.is_dir():
         raise ConfigError(f"task folder {folder} does not exist (from ${TASKS_ENV} or register_task)")
     name = name or path.name
-    if not re.fullmatch(r"[\w.]+", name):
-        raise ConfigError(f"task name {name!r} may hold letters, digits, '_' and '.' only; pass name= to register_task")
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ConfigError(f"task name {name!r} may hold letters, digits, '_', '-' and '.' only; pass name= to register_task")
     return {f"RankSearch-{backbone}-{name}-v0": dict(backbone=backbone, task=str(path), evaluator="finetune", **BACKBONE_DEFAULTS[backbone])
             for backbone in (*BACKBONES, "auto")}
 
