@@ -85,6 +85,7 @@ def run_job(job: Job) -> list[dict]:
 
     from rankgym.evaluators.elastic import ElasticEvaluator
     from rankgym.evaluators.finetune import FinetuneEvaluator
+    from rankgym.evaluators.service import EvaluationService
     from rankgym.store import EvaluationStore
     from rankgym.training import Recipe
 
@@ -97,18 +98,14 @@ def run_job(job: Job) -> list[dict]:
         evaluator = ElasticEvaluator(job.backbone, job.task, recipe, job.seed, cache_dir=Path(job.store).parent / "elastic", **common)
     else:
         evaluator = FinetuneEvaluator(job.backbone, job.task, recipe, job.seed, score_on=job.scorer.split("@")[0], **common)
-    store = EvaluationStore(job.store)
-    context = store.register(evaluator.identity(), evaluator.modules)
+    service = EvaluationService(evaluator, EvaluationStore(job.store))
     template = evaluator.template()
     labels = evaluator.val_set.labels
     majority = float(max((labels == c).float().mean() for c in labels.unique()))
     rows = []
     for label, ranks in job.maps:
         rank_map = template.replace({m.name: r for m, r in zip(evaluator.modules, ranks)})
-        evaluation = store.get(context, rank_map)
-        if evaluation is None:
-            evaluation = evaluator.evaluate(rank_map)
-            store.put(context, rank_map, evaluation)
+        [evaluation] = service.evaluate([rank_map])
         rows.append(dict(map=label, scorer=job.scorer, seed=job.seed, metric=evaluation.metric, seconds=evaluation.seconds,
                          params=evaluation.params, majority=majority, training_seconds=getattr(evaluator, "training_seconds", None)))
         print(f"  {label:20s} {job.scorer:16s} seed {job.seed} {evaluation.metric:.4f}"

@@ -3,6 +3,7 @@ the adapter parameter count, and which failures belong to a map. numpy only, no 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
@@ -10,6 +11,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rankgym.errors import MapFailure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,3 +92,11 @@ def adapter_params(modules: Sequence[ModuleInfo], ranks: Mapping[str, int] | Seq
     if isinstance(ranks, Mapping):
         ranks = [ranks.get(m.name, 0) for m in modules]
     return sum(int(r) * (m.in_features + m.out_features) for r, m in zip(ranks, modules))
+
+
+def failed_evaluation(err: BaseException, params: int, seconds: float) -> Evaluation:
+    """The evaluation of a map whose evaluation raised a failure of its own (:func:`is_map_failure`):
+    NaN metric and the error's message. Built here only, for every caller."""
+    log.warning("evaluation failed: %s", err, exc_info=None if isinstance(err, (ArithmeticError, MemoryError, MapFailure)) else err)
+    return Evaluation(math.nan, params, seconds, error=f"{type(err).__name__}: {err}")
+

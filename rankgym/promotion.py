@@ -132,6 +132,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     from rankgym.core import adapter_params
     from rankgym.recipe import full_recipe
     from rankgym.registry import EnvConfig
+    from rankgym.evaluators.service import EvaluationService
     from rankgym.store import EvaluationStore
     from rankgym.strategies.heuristics import cache_path, heuristic_maps
 
@@ -165,17 +166,16 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     def choice(i: int) -> float:
         return _summary(scores[i])[0] - lam * params[i] / reference
 
-    evaluators: dict[int, Any] = {}  # one resident model: the evaluator of the seed being retrained
-    contexts: list[str] = []  # its two store contexts (validation, score split)
+    services: dict[int, Any] = {}  # one resident model: the retrains of the seed being run, behind the store
 
     def retrain(i: int, seed: int) -> None:
-        if seed not in evaluators:
-            for old in evaluators.values():
-                old.close()
-            evaluators.clear()
-            evaluators[seed] = _retrainer(config, recipe, seed, max(max(c["ranks"].values()) for c in chosen))
-            contexts[:] = store.register(evaluators[seed].identity(), modules), store.register(evaluators[seed].score_identity(), modules)
-        evaluation, scored = _retrain(chosen[i], seed, evaluators[seed], contexts, store, modules, staging, promotion.retry_failed)
+        if seed not in services:
+            for old in services.values():
+                old.evaluator.close()
+            services.clear()
+            evaluator = _retrainer(config, recipe, seed, max(max(c["ranks"].values()) for c in chosen))
+            services[seed] = EvaluationService(evaluator, store, promotion.retry_failed)
+        evaluation, scored = _retrain(chosen[i], seed, services[seed], staging)
         if evaluation.error:
             errors[i].append(f"seed {seed}: {evaluation.error}")
         values[i].append(evaluation.metric)
@@ -185,9 +185,9 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
 
     stopped = successive_halving(chosen, promotion.seeds, promotion.halving, retrain, choice, scores,
                                  on_stop=lambda i, seed: bar.update(promotion.seeds - seed))
-    metric = next(iter(evaluators.values())).data.metric if evaluators else None
-    for evaluator in evaluators.values():
-        evaluator.close()
+    metric = next(iter(services.values())).evaluator.data.metric if services else None
+    for service in services.values():
+        service.evaluator.close()
     bar.close()
 
     table = []
@@ -206,26 +206,17 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
             "tied": tied}
 
 
-def _retrain(candidate: dict[str, Any], seed: int, evaluator, contexts, store, modules, staging: Path | None, retry_failed: bool):
-    """One candidate's retrain with ``seed``, from the store where it holds both splits: (validation, score split)."""
-    from rankgym.core import Evaluation, adapter_params, is_map_failure
-
-    rank_map = evaluator.template().replace(candidate["ranks"])
-    evaluation, scored = (store.get(c, rank_map, failures=not retry_failed) for c in contexts)
-    if evaluation is None or scored is None:
+def _retrain(candidate: dict[str, Any], seed: int, service, staging: Path | None):
+    """One candidate's retrain with ``seed`` through the evaluation service (the store answers what it
+    holds): (validation, score split); a fresh seed-0 retrain's adapter is staged for the winner."""
+    rank_map = service.evaluator.template().replace(candidate["ranks"])
+    computed = service.computed
+    evaluation, scored = service.evaluate_both(rank_map)
+    if staging is not None and seed == 0 and service.computed > computed and evaluation.ok and any(rank_map.ranks.values()):
         try:
-            evaluation, scored = evaluator.evaluate_both(rank_map)
-        except Exception as err:  # a map's own failure is reported in the table (and stored), not fatal
-            if not is_map_failure(err):
-                raise
-            evaluation = scored = Evaluation(math.nan, adapter_params(modules, candidate["ranks"]), 0.0, error=f"{type(err).__name__}: {err}")
-        evaluation = store.put(contexts[0], rank_map, evaluation)
-        scored = store.put(contexts[1], rank_map, scored)
-        if staging is not None and seed == 0 and evaluation.ok and any(rank_map.ranks.values()):
-            try:
-                evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
-            except OSError as err:  # the retrain stands; the winner's weights are retrained if it wins
-                log.warning("could not stage the trained adapter of %s: %s", candidate["label"], err)
+            service.evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
+        except OSError as err:  # the retrain stands; the winner's weights are retrained if it wins
+            log.warning("could not stage the trained adapter of %s: %s", candidate["label"], err)
     return evaluation, scored
 
 

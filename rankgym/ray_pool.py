@@ -21,13 +21,12 @@ the other actors through Ray's object store instead of being trained again.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from typing import Any, Callable
 
-from rankgym.core import Evaluation, ModuleInfo, adapter_params, is_map_failure
-from rankgym.errors import ConfigError
+from rankgym.core import Evaluation, ModuleInfo, adapter_params, failed_evaluation, is_map_failure
+from rankgym.errors import ConfigError, MapFailure
 from rankgym.evaluators.base import Evaluator
 from rankgym.rankmap import RankMap
 
@@ -70,8 +69,7 @@ class _Worker:
         except Exception as err:  # NaN, out of memory: a failed evaluation, as in one process (a dead worker is Ray's to retry)
             if not is_map_failure(err):
                 raise  # a bug or a misconfiguration reaches the driver and stops the run
-            evaluation = Evaluation(math.nan, self.evaluator.trainable_params(rank_map), time.perf_counter() - start,
-                                    error=f"{type(err).__name__}: {err}")
+            evaluation = failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
         return evaluation, time.perf_counter() - start, self.index
 
 
@@ -156,8 +154,8 @@ class RayEvaluator(Evaluator):
                                        "resume the run (rankgym search --resume) to continue")
                 if not untried:  # every live actor it was tried on died with it: the map's own failure
                     queue.remove(i)
-                    results[i] = Evaluation(math.nan, adapter_params(self._modules, rank_maps[i].ranks), 0.0,
-                                            error="the Ray worker died evaluating this map on every worker tried: " + "; ".join(deaths[i]))
+                    died = MapFailure("the Ray worker died evaluating this map on every worker tried: " + "; ".join(deaths[i]))
+                    results[i] = failed_evaluation(died, adapter_params(self._modules, rank_maps[i].ranks), 0.0)
                     continue
                 free = [a for a in idle if a in untried]
                 if free:

@@ -222,7 +222,7 @@ def test_only_a_maps_own_failure_is_stored_anything_else_stops_the_run(tmp_path,
     with pytest.raises(error):
         env.evaluate_all(maps)
     assert sqlite3.connect(store).execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
-    assert all(env.store.get(env.context, m) is None for m in maps)  # nothing to replay on a resume
+    assert all(env.store.get(env.service.context, m) is None for m in maps)  # nothing to replay on a resume
 
 
 def test_a_nan_training_loss_is_a_failure_not_a_crash(sst2_dir):
@@ -401,4 +401,4 @@ def test_a_stored_failure_replays_as_the_same_failure_unless_retried(sst2_dir, t
     _, _, _, _, fixed = retry.step(np.full(8, 2))
     assert [c.ranks for c in calls] == [failed_start["rank_map"], failed["rank_map"]]  # both failures retried
     assert fixed["metric"] == 0.6 and fixed["error"] is None
-    assert EvaluationStore(store).get(retry.context, retry.rank_map()).metric == 0.6  # the success replaced the failure
+    assert EvaluationStore(store).get(retry.service.context, retry.rank_map()).metric == 0.6  # the success replaced the failure

@@ -21,9 +21,7 @@ metric at equal parameters.
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -32,12 +30,11 @@ import numpy as np
 from rankgym.backbones import KINDS
 from rankgym.budget import budget_params, default_lam, project
 from rankgym.errors import ConfigError
-from rankgym.core import Evaluation, adapter_params, is_map_failure
+from rankgym.core import Evaluation, adapter_params
 from rankgym.evaluators.base import Evaluator
 from rankgym.rankmap import RankMap
+from rankgym.evaluators.service import EvaluationService
 from rankgym.store import EvaluationStore
-
-log = logging.getLogger(__name__)
 
 MODULE_FEATURES = 4 + len(KINDS) + 1
 GLOBAL_FEATURES = 3
@@ -104,7 +101,7 @@ class RankSearchEnv(gym.Env):
             raise ConfigError(f"max_rank {max_rank} exceeds the smallest module's min(in, out) = {limits.min()}")
         self.lam, self.rank_step, self.min_rank, self.max_rank = lam, rank_step, min_rank, max_rank
         self.max_episode_steps, self.target_score, self.reward_mode = max_episode_steps, target_score, reward
-        self.failure_penalty, self.retry_failed = failure_penalty, retry_failed
+        self.failure_penalty = failure_penalty
         self.reference_params = adapter_params(self.modules, [self.max_rank] * len(self.modules))
         self.budget = None if param_budget is None else budget_params(param_budget, self.reference_params)
         self.initial, self.initial_projected = self.within_budget(self._initial_ranks(initial_map, initial_rank))
@@ -117,7 +114,7 @@ class RankSearchEnv(gym.Env):
         self._static = self._static_features()
 
         self.store = store if isinstance(store, EvaluationStore) else EvaluationStore(store or ":memory:")
-        self.context = self.store.register(evaluator.identity(), self.modules)
+        self.service = EvaluationService(evaluator, self.store, retry_failed)
         self.template = evaluator.template()
 
         self.ranks = self.initial.copy()
@@ -125,7 +122,6 @@ class RankSearchEnv(gym.Env):
         self.t = 0
         self.last_score = self.last_metric = self.last_cost = 0.0
         self.best: dict[str, Any] | None = None
-        self.evaluations = 0
         self.last_evaluation: Evaluation | None = None  # its cache_hit says whether the store answered
         self.last_evaluations: list[Evaluation] = []  # those of the last evaluate_maps call
 
@@ -176,60 +172,19 @@ class RankSearchEnv(gym.Env):
     def cost(self, ranks: Sequence[int] | RankMap) -> float:
         return adapter_params(self.modules, ranks.ranks if isinstance(ranks, RankMap) else ranks) / self.reference_params
 
-    def lookup(self, rank_map: RankMap) -> Evaluation | None:
-        """The stored evaluation (or failure) of ``rank_map``, if the evaluator's results may be reused."""
-        if not self.evaluator.cacheable:
-            return None
-        found = self.store.get(self.context, rank_map, failures=not self.retry_failed, state_key=self.evaluator.state_key())
-        if found is not None:
-            self.evaluator.replay(rank_map, found)
-        return found
-
-    def remember(self, rank_map: RankMap, evaluation: Evaluation, state_key: str = "") -> Evaluation:
-        """Mark a non-finite metric as an error and write the evaluation to the store at once.
-
-        Returns what to act on: the stored result where another process stored this map first (for
-        evaluators whose results are reused; the others' store rows are a log).
-        """
-        if not math.isfinite(evaluation.metric):
-            evaluation.error = evaluation.error or f"metric is {evaluation.metric}"
-        self.evaluations += 1
-        stored = self.store.put(self.context, rank_map, evaluation, state_key)
-        return stored if self.evaluator.cacheable else evaluation
+    @property
+    def evaluations(self) -> int:
+        """Evaluations this environment computed (the store answered the others)."""
+        return self.service.computed
 
     def _evaluate(self, rank_map: RankMap) -> Evaluation:
         return self.evaluate_all([rank_map])[0]
 
     def evaluate_all(self, maps: Sequence[RankMap]) -> list[Evaluation]:
-        """Store hits first; the remaining distinct maps in one ``evaluate_many`` call where the
-        evaluator has one (batched, Ray), else one by one; each written to the store at once.
-        A failure of a map itself (:func:`~rankgym.core.is_map_failure`: NaN, out of
-        memory) is its stored result and must not kill a search; any other exception propagates, and
-        nothing of the call is stored."""
-        found = [self.lookup(m) for m in maps]
-        todo = list({m.key(): m for m, f in zip(maps, found) if f is None}.values())
-        state = self.evaluator.state_key()  # before evaluating: a stateful evaluator takes one map at a time
-        if todo and hasattr(self.evaluator, "evaluate_many"):
-            start = time.perf_counter()
-            try:
-                evaluations = self.evaluator.evaluate_many(todo)
-            except Exception as err:
-                if not is_map_failure(err):
-                    raise
-                evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), time.perf_counter() - start) for m in todo]
-        else:
-            evaluations = [self._compute(m) for m in todo]
-        fresh = {m.key(): self.remember(m, e, state) for m, e in zip(todo, evaluations)}
-        return [f if f is not None else fresh[m.key()] for f, m in zip(found, maps)]
-
-    def _compute(self, rank_map: RankMap) -> Evaluation:
-        start = time.perf_counter()
-        try:
-            return self.evaluator.evaluate(rank_map)
-        except Exception as err:
-            if not is_map_failure(err):
-                raise
-            return failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
+        """The evaluations of ``maps`` through the one evaluation path (:class:`~rankgym.evaluators.service.EvaluationService`):
+        the store's first, the rest in one call where the evaluator takes several; a failure of a map
+        itself is its stored result and must not kill a search, any other exception propagates."""
+        return self.service.evaluate(maps)
 
     def _observe(self) -> np.ndarray:
         rel = (self.ranks / self.max_rank)[:, None].astype(np.float32)
@@ -354,9 +309,3 @@ class RankSearchEnv(gym.Env):
 
     def close(self) -> None:
         self.evaluator.close()
-
-
-def failed_evaluation(err: Exception, params: int, seconds: float) -> Evaluation:
-    """The evaluation of a map whose fine-tune raised: NaN metric and the error's message."""
-    log.warning("evaluation failed: %s", err, exc_info=not isinstance(err, (ArithmeticError, MemoryError)))
-    return Evaluation(math.nan, params, seconds, error=f"{type(err).__name__}: {err}")
