@@ -136,7 +136,7 @@ def encode_lm(split: Split, tokenizer, max_length: int):
         p = bos + tokenizer(render_prompt(prompt, tokenizer), add_special_tokens=False)["input_ids"]
         r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         fp, fr = fit(p, r, max_length)
-        if not p and len(fr) < 2 or not fr:  # plain text needs two tokens: the first is never predicted
+        if (not p and len(fr) < 2) or not fr:  # plain text needs two tokens: the first is never predicted
             report.dropped += 1
             continue
         report.truncated += (len(fp), len(fr)) != (len(p), len(r))

@@ -166,16 +166,16 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     def choice(i: int) -> float:
         return _summary(scores[i])[0] - lam * params[i] / reference
 
-    services: dict[int, Any] = {}  # one resident model: the retrains of the seed being run, behind the store
+    service, service_seed = None, None  # one resident model: the retrains of the seed being run, behind the store
 
     def retrain(i: int, seed: int) -> None:
-        if seed not in services:
-            for old in services.values():
-                old.evaluator.close()
-            services.clear()
+        nonlocal service, service_seed
+        if seed != service_seed:  # successive_halving runs the seeds in order
+            if service is not None:
+                service.evaluator.close()
             evaluator = _retrainer(config, recipe, seed, max(max(c["ranks"].values()) for c in chosen))
-            services[seed] = EvaluationService(evaluator, store, promotion.retry_failed)
-        evaluation, scored = _retrain(chosen[i], seed, services[seed], staging)
+            service, service_seed = EvaluationService(evaluator, store, promotion.retry_failed), seed
+        evaluation, scored = _retrain(chosen[i], seed, service, staging)
         if evaluation.error:
             errors[i].append(f"seed {seed}: {evaluation.error}")
         values[i].append(evaluation.metric)
@@ -185,8 +185,8 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
 
     stopped = successive_halving(chosen, promotion.seeds, promotion.halving, retrain, choice, scores,
                                  on_stop=lambda i, seed: bar.update(promotion.seeds - seed))
-    metric = next(iter(services.values())).evaluator.data.metric if services else None
-    for service in services.values():
+    metric = service.evaluator.data.metric if service is not None else None
+    if service is not None:
         service.evaluator.close()
     bar.close()
 

@@ -29,11 +29,11 @@ import numpy as np
 
 from rankgym.backbones import KINDS
 from rankgym.budget import budget_params, default_lam, project
-from rankgym.errors import ConfigError
 from rankgym.core import Evaluation, adapter_params
+from rankgym.errors import ConfigError
 from rankgym.evaluators.base import Evaluator
-from rankgym.rankmap import RankMap
 from rankgym.evaluators.service import EvaluationService
+from rankgym.rankmap import RankMap
 from rankgym.store import EvaluationStore
 
 MODULE_FEATURES = 4 + len(KINDS) + 1

@@ -35,6 +35,7 @@ class EvaluationService:
         self.evaluator, self.store, self.retry_failed = evaluator, store, retry_failed
         self.context = store.register(evaluator.identity(), evaluator.modules)
         self.computed = 0  # evaluations this service computed (not answered by the store)
+        self._score_context: str | None = None  # the score split's context, registered at the first evaluate_both
 
     def lookup(self, rank_map: RankMap) -> Evaluation | None:
         """The stored evaluation (or failure) of ``rank_map``, where the evaluator's results may be reused;
@@ -67,7 +68,9 @@ class EvaluationService:
     def evaluate_both(self, rank_map: RankMap) -> tuple[Evaluation, Evaluation]:
         """One fine-tune scored on the evaluator's split and on the score split (promotion's retrains,
         :meth:`~rankgym.evaluators.finetune.FinetuneEvaluator.evaluate_both`), each stored under its own identity."""
-        score_context = self.store.register(self.evaluator.score_identity(), self.evaluator.modules)
+        if self._score_context is None:
+            self._score_context = self.store.register(self.evaluator.score_identity(), self.evaluator.modules)
+        score_context = self._score_context
         found = [self.store.get(c, rank_map, failures=not self.retry_failed) for c in (self.context, score_context)]
         if None not in found:
             return found[0], found[1]
