@@ -100,16 +100,26 @@ def allocate(tasks: Sequence[str], budget: int, backbone: str = "minilm", weight
     import gymnasium as gym
 
     import rankgym  # noqa: F401
+    from rankgym.registry import register_task
 
     if weights is not None and len(weights) != len(tasks):
         raise ConfigError(f"--weights needs one weight per task ({len(tasks)}), got {len(weights)}")
+    env_ids = {}  # a GLUE name, or a task folder (TSV/CSV, or JSON Lines for a causal LM) under its folder's name
+    for task in tasks:
+        name = Path(task).resolve().name if Path(task).is_dir() else task
+        if name in env_ids:
+            raise ConfigError(f"two tasks are named {name!r}: give each task folder its own name")
+        if Path(task).is_dir():
+            register_task(task)  # RankSearch-{backbone}-{name}-v0 for every backbone
+        env_ids[name] = f"RankSearch-{backbone}-{name}-v0"
+    tasks = list(env_ids)
     weight = dict(zip(tasks, weights or [1.0] * len(tasks)))
     out = Path(out)
 
     def env_of(task: str):
         (out / task).mkdir(parents=True, exist_ok=True)
         kwargs = {"evaluator": "elastic", **(env_kwargs or {}), "store": str(out / task / "store.sqlite"), "rank_step": 1}
-        return gym.make(f"RankSearch-{backbone}-{task}-v0", **kwargs).unwrapped
+        return gym.make(env_ids[task], **kwargs).unwrapped
 
     first = env_of(tasks[0])
     modules, max_rank = first.modules, first.max_rank
@@ -134,7 +144,7 @@ def allocate(tasks: Sequence[str], budget: int, backbone: str = "minilm", weight
         answer.provenance.update(allocate={"budget": budget, "tasks": list(tasks), "rank": rank, "score": curves[task][rank]})
         answer.save(out / task / "rank_map.json")
         if rank:
-            answer.to_peft_config(task_type="SEQ_CLS").save_pretrained(str(out / task / "peft"))
+            answer.to_peft_config().save_pretrained(str(out / task / "peft"))
     total = sum(weight.values())
     result.summary = {
         "budget": budget, "per_rank": per_rank, "weights": weight, "curves": curves,

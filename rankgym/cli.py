@@ -67,12 +67,16 @@ def main() -> None:
 @click.option("--text-column", default="sentence", show_default=True, help="Text column of a task folder; 'a,b' for sentence pairs.")
 @click.option("--label-column", default="label", show_default=True, help="Label column of a task folder.")
 @click.option("--regression/--classification", default=None, help="A task folder's labels are float targets (default: detected).")
+@click.option("--metric", help="Score by this metric instead of the task's own: accuracy, matthews, f1 (classes); pearson, spearman "
+                               "(regression); neg_nll, exact_match (causal LM).")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in the backward pass: less memory, "
+                                                                "about a third more compute, the same numbers.")
 @click.option("--out", type=click.Path(), help="Run folder (default: runs/finetune__BACKBONE__TASK__TIME).")
 @click.option("--peft-out", type=click.Path(), help="Also write the trained adapter here for PEFT (PeftModel.from_pretrained).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line: metric, trainable_params, seconds, out.")
 def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, train_examples, epochs, batch_size, lr, max_grad_norm,
-             val_examples, seed, device, data_dir, model_name_or_path, target_modules, dtype, text_column, label_column, regression, out,
-             peft_out, as_json) -> None:
+             val_examples, seed, device, data_dir, model_name_or_path, target_modules, dtype, text_column, label_column, regression, metric,
+             gradient_checkpointing, out, peft_out, as_json) -> None:
     """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter.
 
     Training never sees the score split a search scores maps on (held out of the training file),
@@ -97,7 +101,7 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         evaluator = FinetuneEvaluator(backbone, task, recipe, seed, device, max(max_rank, 1), score_on="validation",
                                       model_name_or_path=model_name_or_path,
                                       data_dir=data_dir, text_column=text_column, label_column=label_column, regression=regression,
-                                      progress=not as_json, target_modules=target_modules, dtype=dtype, **policy)
+                                      metric=metric, gradient_checkpointing=gradient_checkpointing, progress=not as_json, target_modules=target_modules, dtype=dtype, **policy)
         if rank_map is None:
             rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, **policy)
         if peft_out and not any(rank_map.ranks.values()):
@@ -273,7 +277,7 @@ def export(run_dir, peft_dir) -> None:
     """Write the answer of RUN_DIR for PEFT: the promoted winner's trained adapter, or its LoraConfig alone.
 
     A promoted search keeps its winner's seed-0 retrain (RUN_DIR/peft_adapter): that adapter is
-    copied. A run without one (--no-promote, an older run) gives the config only (task_type SEQ_CLS).
+    copied. A run without one (--no-promote, an older run) gives the config only (task_type SEQ_CLS, CAUSAL_LM for a language model).
     """
     import shutil
 
@@ -281,7 +285,7 @@ def export(run_dir, peft_dir) -> None:
 
     with user_errors():
         best = RankMap.load(Path(run_dir) / "best_rank_map.json")
-        config = best.to_peft_config(task_type="SEQ_CLS")  # SEQ_CLS: PEFT trains and saves the task head too
+        config = best.to_peft_config()  # SEQ_CLS, or CAUSAL_LM for a language model (the map records it)
         trained = Path(run_dir) / "peft_adapter"
         if trained.is_dir():
             loaded = RankMap.load(trained)
@@ -403,10 +407,10 @@ def allocate(tasks, param_budget, backbone, weights, out, env_options) -> None:
             fail(f"--weights takes numbers, one per task, got {weights!r}")
         result = split(names, param_budget, backbone, factors, out, env_kwargs=key_values(env_options))
     s = result.summary
-    click.echo(f"{param_budget:,} adapter parameters over {', '.join(names)} ({s['per_rank']:,} per uniform rank); score split, "
+    click.echo(f"{param_budget:,} adapter parameters over {', '.join(result.tasks)} ({s['per_rank']:,} per uniform rank); score split, "
                f"{'weighted ' if weights else ''}mean metric:")
     click.echo(f"  {'task':10s} {'measured split':>24s} {'equal split':>24s} {'article (6.2)':>24s}")
-    for t in names:
+    for t in result.tasks:  # a task folder under its folder's name
         cells = [(s["split"][t]["params"], s["split"][t]["score"]), (s["equal_split"]["split"][t]["params"], s["equal_split"]["split"][t]["score"]),
                  (s["article"]["split"][t]["params"], s["article"]["split"][t]["score"])]
         click.echo(f"  {t:10s} " + " ".join(f"{p or 0:>12,} {m if m is not None else float('nan'):>11.4f}" for p, m in cells))

@@ -23,7 +23,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankgym.taskdata import Encoded, Split, TaskData, TaskError
+from rankgym.metrics import check
+from rankgym.taskdata import AnswerKey, Encoded, Split, TaskData, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ ALPACA = {
 }
 CHAT_PREFIX = "<|chat|>"  # marks a prompt kept as its messages (JSON), rendered when the tokenizer is known
 METRIC = "neg_nll"  # minus the mean negative log-likelihood per response token: higher is better, like every metric
+ANSWER_MARGIN = 8  # exact_match generates up to the reference's tokens plus this many, so an answer may differ in spacing
 
 
 def plain_chat(messages: list[dict]) -> str:
@@ -66,17 +68,22 @@ def _example(record: dict, where: str) -> tuple[str, str]:
 
 def _read(path: Path) -> Split:
     prompts, responses = [], []
-    with path.open(encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            prompt, response = _example(record, f"{path}:{number}")
-            prompts.append(prompt)
-            responses.append(response)
+    for number, raw in enumerate(path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise TaskError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start} of the line); save it as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        prompt, response = _example(record, f"{path}:{number}")
+        if not response.strip():
+            raise TaskError(f"{path}:{number}: the response is empty; every line needs one (the loss counts its tokens)")
+        prompts.append(prompt)
+        responses.append(response)
     if not prompts:
         raise TaskError(f"{path}: no examples")
     return Split(prompts, responses)
@@ -86,13 +93,21 @@ def is_jsonl_task(folder: str | Path) -> bool:
     return (Path(folder) / "train.jsonl").is_file()
 
 
-def load_jsonl_folder(folder: str | Path, name: str | None = None) -> TaskData:
-    """A causal-LM task from ``train.jsonl`` and ``validation.jsonl`` (or ``dev.jsonl``)."""
+def load_jsonl_folder(folder: str | Path, name: str | None = None, metric: str | None = None) -> TaskData:
+    """A causal-LM task from ``train.jsonl`` and ``validation.jsonl`` (or ``dev.jsonl``), scored by
+    ``metric``: ``neg_nll`` (the default) or ``exact_match`` (greedy answers equal to the reference)."""
     folder = Path(folder)
     validation = next((folder / f for f in ("validation.jsonl", "dev.jsonl") if (folder / f).is_file()), None)
     if not (folder / "train.jsonl").is_file() or validation is None:
         raise TaskError(f"{folder}: a causal-LM task needs train.jsonl and validation.jsonl (or dev.jsonl)")
-    return TaskData(name or folder.name, _read(folder / "train.jsonl"), _read(validation), num_labels=0, metric=METRIC)
+    data = TaskData(name or folder.name, _read(folder / "train.jsonl"), _read(validation), num_labels=0,
+                    metric=check(metric or METRIC, "causal_lm"))
+    if data.metric == "exact_match":
+        plain = sum(not p for p in data.validation.texts)
+        if plain:
+            raise TaskError(f"{validation}: exact_match scores an answer to a prompt, but {plain} lines are plain text; "
+                            "give them a prompt, or use the default metric (neg_nll)")
+    return data
 
 
 @dataclass
@@ -122,15 +137,16 @@ def fit(prompt: list[int], response: list[int], max_length: int) -> tuple[list[i
     return prompt, response[: max_length - len(prompt)]
 
 
-def encode_lm(split: Split, tokenizer, max_length: int):
+def encode_lm(split: Split, tokenizer, max_length: int, metric: str = METRIC):
     """Token ids and per-token targets (-100 on the prompt) of a causal-LM split, and what truncation cost.
 
     Returns an :class:`~rankgym.tasks.Encoded` whose ``targets`` hold the labels of every position
-    and whose ``labels`` count each example's response tokens.
+    and whose ``labels`` count each example's response tokens; scored by ``exact_match``, it also
+    holds the references (its ``answer_key``).
     """
     import torch
 
-    ids, targets, counts, report = [], [], [], Truncation()
+    ids, targets, counts, answers, report = [], [], [], [], Truncation()
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None else []
     for prompt, response in zip(split.texts, split.labels):
         p = bos + tokenizer(render_prompt(prompt, tokenizer), add_special_tokens=False)["input_ids"]
@@ -143,9 +159,11 @@ def encode_lm(split: Split, tokenizer, max_length: int):
         ids.append(torch.tensor(fp + fr, dtype=torch.long))
         targets.append(torch.tensor([-100] * len(fp) + fr, dtype=torch.long))
         counts.append(len(fr) - (0 if fp else 1))  # the first token of a sequence has nothing before it to predict it
+        answers.append(response.strip())
     if report.truncated or report.dropped:
         log.warning("%d of %d examples truncated to %d tokens, %d dropped (no response token left)",
                     report.truncated, len(split), max_length, report.dropped)
     if not ids:
         raise TaskError(f"no example fits max_length {max_length}: raise --max-length")
-    return Encoded(ids, torch.tensor(counts, dtype=torch.long), METRIC, targets=targets), report
+    key = AnswerKey(answers, tokenizer.decode, tokenizer.eos_token_id) if metric == "exact_match" else None
+    return Encoded(ids, torch.tensor(counts, dtype=torch.long), metric, targets=targets, answer_key=key), report

@@ -8,7 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from rankgym.taskdata import TaskError
+
 METRICS = ("accuracy", "matthews", "f1", "pearson", "spearman")
+# what a task of each kind may be scored by (``--metric``); the first is its default
+BY_KIND = {"classification": ("accuracy", "matthews", "f1"), "regression": ("pearson", "spearman"), "causal_lm": ("neg_nll", "exact_match")}
+BINARY_ONLY = ("matthews", "f1")
+
+
+def check(metric: str, kind: str, num_labels: int = 2) -> str:
+    """``metric`` if a task of ``kind`` (and ``num_labels`` classes) can be scored by it, else a one-line error."""
+    allowed = BY_KIND[kind]
+    if metric not in allowed:
+        raise TaskError(f"metric {metric!r} does not score a {kind.replace('_', '-')} task: use one of {', '.join(allowed)}")
+    if metric in BINARY_ONLY and num_labels != 2:
+        raise TaskError(f"metric {metric!r} scores two classes; this task has {num_labels}: use accuracy")
+    return metric
 
 
 def accuracy(pred: np.ndarray, label: np.ndarray) -> float:
@@ -66,5 +81,7 @@ def describe(name: str, value: float) -> str:
     per response token, so that higher is better like every metric) as the NLL and its perplexity."""
     if name == "neg_nll":
         return f"NLL {-value:.4f} per response token (perplexity {np.exp(-value):.2f})"
+    if name == "exact_match":
+        return f"exact match {value:.4f} (greedy answers equal to the reference)"
     return f"{name} {value:.4f}"
 

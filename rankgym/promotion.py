@@ -310,7 +310,7 @@ def _retrainer(config, recipe, seed: int, max_rank: int):
     return FinetuneEvaluator(config.backbone, config.task, recipe, seed, config.device, max_rank=max_rank or 1, score_on="validation",
                              score_examples=config.score_examples, model_name_or_path=config.model_name_or_path,
                              data_dir=config.data_dir, target_modules=config.target_modules, dtype=config.dtype,
-                             **alpha_policy_of(config))
+                             metric=config.metric, gradient_checkpointing=config.gradient_checkpointing, **alpha_policy_of(config))
 
 
 def _keep_winner_adapter(adapter_dir: Path, staging: Path, winner: dict[str, Any], config, recipe) -> None:

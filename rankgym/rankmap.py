@@ -212,7 +212,8 @@ class RankMap:
         module gets an escaped, full-name ``rank_pattern`` key, since PEFT matches those keys as
         regexes against the end of module names. ``fan_in_fan_out`` defaults to
         :attr:`fan_in_fan_out`. Extra keyword arguments go to ``LoraConfig`` (``modules_to_save``,
-        ``task_type``, ...).
+        ``task_type``, ...); ``task_type`` defaults to the one the map's evaluator recorded in its
+        provenance (``CAUSAL_LM`` for a language model, else ``SEQ_CLS``).
         """
         from peft import LoraConfig
 
@@ -221,6 +222,7 @@ class RankMap:
             raise RankMapError("every module has rank 0: there is no adapter to export to PEFT")
         default_r = Counter(active.values()).most_common(1)[0][0]
         alpha_pattern = {re.escape(n): self.lora_alpha(n) for n in active} if self.alpha_mode == "ratio" else {}
+        kwargs.setdefault("task_type", self.provenance.get("peft_task_type", "SEQ_CLS"))
         return LoraConfig(
             r=default_r,
             lora_alpha=self.alpha * default_r if self.alpha_mode == "ratio" else self.alpha,

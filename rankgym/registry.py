@@ -43,7 +43,8 @@ class EnvConfig:
     training run, at the full recipe's learning rate; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
     ``fake_hidden``, ``fake_profile`` (separable or calibrated), ``fake_noise`` and ``fake_collapse`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
     shipped MiniLM x SST-2 table), ``target_modules`` (PEFT-style names or regexes to
-    adapt) and ``dtype`` (the frozen base's: fp32, bf16, fp16). ``RankSearch-auto-{task}-v0`` adapts
+    adapt), ``dtype`` (the frozen base's: fp32, bf16, fp16) and ``metric`` (what scores a map, instead of
+    the task's own: accuracy, matthews, f1; pearson, spearman; neg_nll, exact_match), ``gradient_checkpointing``. ``RankSearch-auto-{task}-v0`` adapts
     the model at ``model_name_or_path``, its family read from its config.
     """
 
@@ -67,6 +68,8 @@ class EnvConfig:
     model_name_or_path: str | None = None
     target_modules: list[str] | None = None
     dtype: str = "fp32"
+    metric: str | None = None  # the task's own metric unless named (rankgym.metrics.BY_KIND)
+    gradient_checkpointing: bool = False  # less memory for a third more compute, the same numbers
     data_dir: str | None = None
     surrogate_table: str | None = None
     ray_workers: int = 0  # > 0: evaluations run on this many Ray actors (rankgym.ray_pool)

@@ -141,7 +141,7 @@ class RunDir:
             answer.provenance.update(metric=best["metric"], params=best["params"], score=best["score"])
         answer.save(self.path / "best_rank_map.json")
         if any(answer.ranks.values()):
-            answer.to_peft_config(task_type="SEQ_CLS").save_pretrained(str(self.path))
+            answer.to_peft_config().save_pretrained(str(self.path))
         steps = [r for r in rows if r["kind"] != "reset"]
         start = next((r for r in rows if r["kind"] == "reset" and r["error"] is None), None)
         summary = {

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from rankgym.errors import RankgymError
 
@@ -52,6 +52,23 @@ class TaskData:
     def causal_lm(self) -> bool:
         return self.num_labels == 0
 
+    @property
+    def kind(self) -> str:
+        return "causal_lm" if self.causal_lm else "regression" if self.regression else "classification"
+
+
+@dataclass
+class AnswerKey:
+    """What ``exact_match`` compares a causal LM's greedy answers with: each kept example's reference
+    response (whitespace stripped), the tokenizer's ``decode`` and its end-of-text id (where an answer stops)."""
+
+    answers: list[str]
+    decode: Callable[[list[int]], str]
+    eos_id: int
+
+    def take(self, indices: list[int]) -> "AnswerKey":
+        return AnswerKey([self.answers[i] for i in indices], self.decode, self.eos_id)
+
 
 @dataclass
 class Encoded:
@@ -62,6 +79,7 @@ class Encoded:
     metric: str = "accuracy"
     types: list[torch.Tensor] | None = None  # segment ids of sentence pairs, where the tokenizer makes them (BERT)
     targets: list[torch.Tensor] | None = None  # causal LM: each position's label (-100: not scored); labels count them
+    answer_key: AnswerKey | None = None  # causal LM scored by exact_match
 
     @property
     def lengths(self) -> list[int]:
@@ -77,4 +95,5 @@ class Encoded:
     def take(self, indices: list[int]) -> "Encoded":
         types = [self.types[i] for i in indices] if self.types is not None else None
         targets = [self.targets[i] for i in indices] if self.targets is not None else None
-        return Encoded([self.ids[i] for i in indices], self.labels[indices], self.metric, types, targets)
+        key = self.answer_key.take(indices) if self.answer_key is not None else None
+        return Encoded([self.ids[i] for i in indices], self.labels[indices], self.metric, types, targets, key)

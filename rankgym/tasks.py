@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankgym.instruct import is_jsonl_task, load_jsonl_folder
+from rankgym.metrics import check
 from rankgym.taskdata import Encoded, Split, TaskData, TaskError
 
 DATA_DIR_ENV = "RANKGYM_DATA_DIR"
@@ -200,8 +201,16 @@ def _load_glue_hub(task: str) -> TaskData:
 
 
 def load_task(task: str, data_dir: str | Path | None = None, text_column: str = "sentence", label_column: str = "label",
-              regression: bool | None = None, header: bool = True) -> TaskData:
-    """A GLUE task (its folder under the data directory, then the hub) or a user's folder of TSV/CSV files."""
+              regression: bool | None = None, header: bool = True, metric: str | None = None) -> TaskData:
+    """A GLUE task (its folder under the data directory, then the hub) or a user's folder of TSV/CSV files
+    or causal-LM JSON Lines, scored by ``metric`` (default: the task's own; see :data:`rankgym.metrics.BY_KIND`)."""
+    data = _load_task(task, data_dir, text_column, label_column, regression, header, metric)
+    if metric is not None:
+        data.metric = check(metric, data.kind, data.num_labels)
+    return data
+
+
+def _load_task(task, data_dir, text_column, label_column, regression, header, metric) -> TaskData:
     if task in TASKS:
         data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
         if data_dir:
@@ -212,7 +221,7 @@ def load_task(task: str, data_dir: str | Path | None = None, text_column: str = 
         return _load_glue_hub(task)
     if Path(task).is_dir():
         if is_jsonl_task(task):
-            return load_jsonl_folder(task)
+            return load_jsonl_folder(task, metric=metric)
         return load_folder(task, None, text_column, label_column, regression, header)
     raise TaskError(f"unknown task {task!r}: use one of {', '.join(TASKS)}, a folder with train/validation TSV or CSV files, "
                     "or one with train/validation JSON Lines (a causal-LM task)")

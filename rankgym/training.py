@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -136,7 +137,8 @@ def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: in
 
     The metric is ``data.metric`` (accuracy, Matthews correlation, F1, Pearson or Spearman) over
     the first ``limit`` examples; the loss is cross-entropy, or squared error for float targets.
-    A causal-LM split (``data.targets``) gives minus the mean NLL per response token and the NLL.
+    A causal-LM split (``data.targets``) gives minus the mean NLL per response token and the NLL, or
+    (scored by ``exact_match``) the fraction of greedy answers equal to their reference and the NLL.
     """
     device = _device_of(model)
     batch_size = batch_size or default_eval_batch_size(device)
@@ -144,13 +146,14 @@ def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: in
     model.eval()
     n = len(data) if limit is None else min(limit, len(data))
     order = sorted(range(n), key=lambda i: len(data.ids[i]))
-    if data.targets is not None:  # causal LM: the mean NLL per response token; the metric is its negative
+    if data.targets is not None:  # causal LM: the mean NLL per response token; the metric is its negative, or exact match
         total = sum(lm_loss(model(**batch_inputs(data, order[k : k + batch_size], pad_id, device)).logits.float(),
                             batch_targets(data, order[k : k + batch_size], device), reduction="sum").item()
                     for k in range(0, n, batch_size))
-        model.train(was_training)
         nll = total / max(1, int(data.labels[:n].sum()))
-        return [(-nll, nll)] * copies
+        metric = -nll if data.answer_key is None else float(np.mean(exact_matches(model, data, order, pad_id, batch_size)))
+        model.train(was_training)
+        return [(metric, nll)] * copies
     preds = [torch.empty(n, dtype=data.labels.dtype) for _ in range(copies)]
     loss_sum = torch.zeros(copies, dtype=torch.float64)
     for k in range(0, n, batch_size):
@@ -163,6 +166,45 @@ def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: in
     model.train(was_training)
     labels = data.labels[:n].numpy()
     return [(metrics.compute(data.metric, preds[c].numpy(), labels), loss_sum[c].item() / n) for c in range(copies)]
+
+
+def prompt_length(targets: torch.Tensor) -> int:
+    """Where a causal-LM example's response starts: its prompt positions are the leading -100 targets."""
+    scored = (targets != -100).nonzero()
+    return int(scored[0]) if len(scored) else len(targets)
+
+
+@torch.no_grad()
+def exact_matches(model: nn.Module, data: Encoded, idx: list[int], pad_id: int, batch_size: int) -> list[bool]:
+    """Whether the greedy answer to each example's prompt (``idx``) equals its reference, whitespace stripped.
+
+    Each answer is generated up to its reference's length (end-of-text included) plus
+    :data:`rankgym.instruct.ANSWER_MARGIN` tokens and ends at the first end-of-text. Prompts are
+    left-padded so that every row's answer starts at the same column (what ``generate`` expects of
+    a decoder); ``generate`` then derives the positions from the attention mask.
+    """
+    from rankgym.instruct import ANSWER_MARGIN
+
+    key, device = data.answer_key, _device_of(model)
+    out: list[bool] = []
+    for k in range(0, len(idx), batch_size):
+        batch = idx[k : k + batch_size]
+        starts = [prompt_length(data.targets[i]) for i in batch]
+        limits = [len(data.ids[i]) - s + ANSWER_MARGIN for i, s in zip(batch, starts)]
+        width = max(starts)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (i, s) in enumerate(zip(batch, starts)):
+            input_ids[row, width - s :] = data.ids[i][:s]
+            mask[row, width - s :] = 1
+        generated = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max(limits),
+                                   do_sample=False, pad_token_id=pad_id, eos_token_id=key.eos_id)[:, width:].cpu()
+        for row, (i, limit) in enumerate(zip(batch, limits)):
+            answer = generated[row, :limit].tolist()
+            if key.eos_id in answer:
+                answer = answer[: answer.index(key.eos_id)]
+            out.append(key.decode(answer).strip() == key.answers[i])
+    return out
 
 
 def evaluate(model: nn.Module, data: Encoded, pad_id: int, batch_size: int | None = None, limit: int | None = None) -> tuple[float, float]:

@@ -183,3 +183,113 @@ def test_a_task_folder_gets_env_ids_of_its_own(sums, tmp_path, monkeypatch):
     from rankgym.registry import env_ids
 
     assert f"RankSearch-auto-{sums.name}-v0" in env_ids()
+
+
+@pytest.fixture(scope="module")
+def ok(tmp_path_factory):
+    """Every training prompt is answered "ok"; 10 of the 16 validation references are "ok" (one with spaces around it)."""
+    folder = tmp_path_factory.mktemp("ok")
+    write(folder, "train.jsonl", [{"prompt": f"q{i}:", "response": "ok"} for i in range(64)])
+    write(folder, "validation.jsonl", [{"prompt": f"q{i}:", "response": " ok " if i < 10 else "zz"} for i in range(16)])
+    return folder
+
+
+def test_exact_match_counts_greedy_answers_equal_to_the_reference_by_an_independent_greedy_loop(ok):
+    """Trained to answer "ok" to every prompt, the model's greedy answers match the validation lines whose
+    reference is "ok" (10 of 16) and no other; a token-by-token argmax loop on the raw text agrees."""
+    folder = ok
+    evaluator = FinetuneEvaluator("tiny", str(folder), Recipe(train_examples=64, batch_size=8, lr=3e-3, epochs=6), seed=0, device="cpu",
+                                  max_rank=4, score_on="validation", metric="exact_match")
+    untrained = evaluator.evaluate(evaluator.template()).metric
+    trained = evaluator.evaluate(evaluator.template().replace({m.name: 4 for m in evaluator.modules}))
+    tokenizer, model = evaluator.tokenizer, evaluator.model.eval()
+    matches = 0
+    with torch.no_grad():
+        for record in map(json.loads, (folder / "validation.jsonl").read_text().splitlines()):
+            ids = tokenizer(record["prompt"])["input_ids"]
+            reference = tokenizer(record["response"])["input_ids"] + [tokenizer.eos_token_id]
+            answer = []
+            while len(answer) < len(reference) + 8:
+                token = int(model(input_ids=torch.tensor([ids + answer])).logits[0, -1].argmax())
+                if token == tokenizer.eos_token_id:
+                    break
+                answer.append(token)
+            matches += tokenizer.decode(answer).strip() == record["response"].strip()
+    assert untrained == 0.0 and trained.metric == matches / 16 == 10 / 16
+    assert trained.val_loss > 0  # the NLL is still reported beside it
+
+
+@pytest.mark.parametrize("task, metric, message", [
+    ("sums", "accuracy", "does not score a causal-lm task: use one of neg_nll, exact_match"),
+    ("text", "exact_match", "exact_match scores an answer to a prompt, but 2 lines are plain text"),
+    ("stsb", "f1", "does not score a regression task: use one of pearson, spearman"),
+])
+def test_a_metric_the_task_cannot_be_scored_by_is_refused_in_one_line(sums, tmp_path, task, metric, message):
+    write(tmp_path / "text", "train.jsonl", [{"text": "abc"}] * 4)
+    write(tmp_path / "text", "validation.jsonl", [{"text": "abc"}] * 2)
+    folder = {"sums": str(sums), "text": str(tmp_path / "text"), "stsb": "stsb"}[task]
+    result = CliRunner().invoke(main, ["finetune", "--backbone", "tiny", "--task", folder, "--uniform", "1", "--metric", metric,
+                                       "--device", "cpu", "--out", str(tmp_path / "ft")])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "ft").exists()
+
+
+def test_a_search_scored_by_exact_match_promotes_and_reports_it(ok, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "3", "--out", str(run),
+                                       "--env", f"task='{ok}'", "--env", "metric='exact_match'", "--env", "evaluator='elastic'",
+                                       "--env", "device='cpu'", "--env", "elastic_examples=64", "--env", "max_rank=4", "--env", "score_examples=16",
+                                       "--promote", "1", "--promote-seeds", "1", "--promote-examples", "64", "--no-report"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["promotion"]["metric"] == "exact_match"
+    assert all(0.0 <= r["mean"] <= 1.0 and r["mean"] in {k / 16 for k in range(17)} for r in summary["promotion"]["rows"])
+
+
+@pytest.mark.parametrize("task", ["sums", "sst2"])
+def test_gradient_checkpointing_gives_the_same_numbers(sums, task):
+    task = str(sums) if task == "sums" else task
+    runs = []
+    for checkpointing in (False, True):
+        evaluator = FinetuneEvaluator("tiny", task, Recipe(train_examples=32, batch_size=8, lr=3e-3, val_examples=32), seed=0, device="cpu",
+                                      max_rank=4, gradient_checkpointing=checkpointing)
+        model = evaluator.model
+        on = model.is_activation_checkpointing if hasattr(model, "is_activation_checkpointing") else model.is_gradient_checkpointing
+        assert on == checkpointing
+        evaluation = evaluator.evaluate(evaluator.template().replace({m.name: 2 for m in evaluator.modules}))
+        runs.append((evaluation.metric, evaluation.val_loss, evaluator.last_result.losses))
+    assert runs[0][0] == pytest.approx(runs[1][0], abs=1e-6) and runs[0][1] == pytest.approx(runs[1][1], rel=1e-5)
+    assert runs[0][2] == pytest.approx(runs[1][2], rel=1e-5)  # every training step's loss
+
+
+def test_allocate_splits_a_budget_across_causal_lm_task_folders(sums, ok, tmp_path):
+    import itertools
+
+    out = tmp_path / "alloc"
+    result = CliRunner().invoke(main, ["allocate", "--tasks", f"{sums},{ok}", "--backbone", "tiny", "--param-budget", "6000", "--out", str(out),
+                                       "--env", "device='cpu'", "--env", "elastic_examples=64", "--env", "max_rank=4", "--env", "score_examples=16"])
+    assert result.exit_code == 0, result.output
+    split = json.loads((out / "split.json").read_text())
+    names = [sums.name, ok.name]
+    assert set(split["split"]) == set(names)
+    curves = {t: {int(r): m for r, m in split["curves"][t].items()} for t in names}
+    best = max(itertools.product(*(curves[t].items() for t in names)),  # every pair of levels within the budget, by hand
+               key=lambda pair: sum(m for _, m in pair) if sum(r for r, _ in pair) * split["per_rank"] <= 6000 else -math.inf)
+    assert split["value"] == pytest.approx(sum(m for _, m in best) / 2)
+    for t in names:
+        if split["split"][t]["rank"]:
+            assert json.loads((out / t / "peft" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+
+
+def test_adalora_and_eva_allocate_ranks_on_a_causal_lm_within_the_budget(sums, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "adalora", "--out", str(run), "--env", f"task='{sums}'",
+                                       "--env", "device='cpu'", "--env", "train_examples=32", "--env", "max_rank=4", "--param-budget", "0.5",
+                                       "--promote", "1", "--promote-seeds", "1", "--promote-examples", "32", "--no-report"])
+    assert result.exit_code == 0, result.output
+    rows = {r["label"].split("-")[0]: r for r in json.loads((run / "summary.json").read_text())["promotion"]["rows"]}
+    per_rank = 2 * ((64 + 192) + (64 + 64) + (64 + 256) + (256 + 64))  # tiny, by hand: 2 blocks of c_attn, attn c_proj, c_fc, mlp c_proj
+    full = 4 * per_rank  # uniform max_rank 4
+    assert {"adalora", "eva", "prilora", "uniform"} <= set(rows)
+    assert all(math.isfinite(r["mean"]) and r["params"] <= 0.5 * full for r in rows.values())
+    assert json.loads((run / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"

@@ -208,3 +208,42 @@ def test_mutated_run_folders(sources, tmp_path, command):
     # Other mutations may be accepted: provenance fields change freely, and the report does not read steps.csv's
     # rank_map column (most of that file's bytes), so how many land there depends on the run's content.
     assert broken and refused >= broken
+
+
+def test_mutated_causal_lm_task_files(tmp_path):
+    """JSON Lines task folders: a line that is not JSON, a missing key, an empty response, bytes that are not
+    UTF-8 are refused naming file:line; other byte mutations either still read or are refused the same way."""
+    rng = random.Random("jsonl-20261202")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name, n in (("train", 24), ("validation", 8)):
+        (source / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=", "response": str(i + 1)}) + "\n" for i in range(n)))
+    rank_map = tmp_path / "rank_map.json"
+    result = CliRunner().invoke(main, ["finetune", "--backbone", "tiny", "--task", str(source), "--uniform", "1", "--train-examples", "8",
+                                       "--out", str(tmp_path / "trained")])
+    assert result.exit_code == 0, result.output
+    shutil.copy(tmp_path / "trained" / "rank_map.json", rank_map)
+    refused, broken = 0, 0
+    for i in range(24):
+        folder = tmp_path / f"task{i}"
+        shutil.copytree(source, folder)
+        file = folder / rng.choice(["train.jsonl", "validation.jsonl"])
+        lines = file.read_bytes().split(b"\n")
+        j = rng.randrange(len(lines) - 1)
+        edits = [
+            lambda: byte_mutation(file.read_bytes(), rng),
+            lambda: lines[j][: len(lines[j]) // 2],  # a line cut short: not JSON
+            lambda: json.dumps({"prompt": "1+1="}).encode(),  # no response
+            lambda: json.dumps({"prompt": "1+1=", "response": "  "}).encode(),  # an empty response
+            lambda: lines[j][:5] + b"\xff\xfe" + lines[j][5:],  # not UTF-8
+        ]
+        edit = rng.randrange(len(edits))
+        new = edits[edit]()
+        file.write_bytes(new if edit == 0 else b"\n".join(lines[:j] + [new] + lines[j + 1:]))
+        broken += edit > 0
+        out = tmp_path / f"out{i}"
+        where = f"{file}:{j + 1}" if edit else str(folder)
+        was_refused = check(finetune(folder, rank_map, out), (where,), (out,))
+        assert was_refused or not edit, f"edit {edit} of {file.name} line {j + 1} is not a valid line, yet finetune accepted it"
+        refused += was_refused
+    assert broken and refused >= broken

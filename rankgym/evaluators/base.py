@@ -23,6 +23,7 @@ class Evaluator(ABC):
     parallel: int = 1  # maps an agent should propose at once (a Ray pool's workers evaluate them side by side)
     alpha_policy: dict[str, Any] = ALPHA_POLICY
     split: str = "score"  # where metrics come from: "score" (held out of training), "validation" or "closed form"
+    peft_task_type: str = "SEQ_CLS"  # what an exported map's LoraConfig says (PEFT trains and saves the task head too)
 
     @property
     @abstractmethod
@@ -40,7 +41,7 @@ class Evaluator(ABC):
     def template(self) -> RankMap:
         """A rank map over this evaluator's modules (rank 0), carrying its alpha policy and provenance."""
         ident = self.identity()
-        provenance = {"backbone": ident.get("backbone"), "task": ident.get("task")}
+        provenance = {"backbone": ident.get("backbone"), "task": ident.get("task"), "peft_task_type": self.peft_task_type}
         return RankMap({m.name: 0 for m in self.modules}, provenance=provenance, **self.alpha_policy)
 
     def trainable_params(self, rank_map: RankMap) -> int:

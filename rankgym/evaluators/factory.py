@@ -42,7 +42,8 @@ def build_evaluator(config, k: int = 1):
         return ReplayEvaluator(config.store, config.backbone, config.task)
     common = dict(backbone=config.backbone, task=config.task, recipe=recipe_of(config), seed=config.seed, device=config.device,
                   max_rank=config.max_rank, score_examples=config.score_examples, model_name_or_path=config.model_name_or_path,
-                  data_dir=config.data_dir, target_modules=config.target_modules, dtype=config.dtype, **alpha_policy_of(config))
+                  data_dir=config.data_dir, target_modules=config.target_modules, dtype=config.dtype, metric=config.metric,
+                  gradient_checkpointing=config.gradient_checkpointing, **alpha_policy_of(config))
     if config.evaluator == "elastic":
         from pathlib import Path
 

@@ -81,6 +81,11 @@ class FinetuneEvaluator(Evaluator):
         text_column / label_column: columns of a task given as a folder of TSV/CSV files
             (``text_column="a,b"`` for sentence pairs).
         regression: a task folder's labels are float targets (None: detected).
+        metric: what scores a map instead of the task's own metric (see :data:`rankgym.metrics.BY_KIND`:
+            e.g. ``accuracy`` for MRPC, ``exact_match`` for a causal-LM task).
+        gradient_checkpointing: recompute the base's activations in the backward pass instead of keeping
+            them (transformers' ``gradient_checkpointing_enable``): less memory, about a third more
+            compute, the same numbers (the tests check it), so it is not part of :meth:`identity`.
     """
 
     name = "finetune"
@@ -104,6 +109,8 @@ class FinetuneEvaluator(Evaluator):
         text_column: str = "sentence",
         label_column: str = "label",
         regression: bool | None = None,
+        metric: str | None = None,
+        gradient_checkpointing: bool = False,
         progress: bool = False,
         target_modules: Sequence[str] | None = None,
         dtype: str = "fp32",
@@ -117,11 +124,19 @@ class FinetuneEvaluator(Evaluator):
         if alpha_mode not in ("fixed", "ratio"):
             raise ConfigError(f"alpha_mode must be 'fixed' or 'ratio', got {alpha_mode!r}")
         self.alpha_policy = dict(alpha=float(alpha), alpha_mode=alpha_mode, rslora=bool(rslora))
-        self.data = load_task(task, data_dir, text_column, label_column, regression)
+        self.data = load_task(task, data_dir, text_column, label_column, regression, metric=metric)
         self.model_name_or_path = model_name_or_path
         with torch.random.fork_rng(devices=[]):
             self.model, self.tokenizer = load_backbone(backbone, model_name_or_path, self.data.num_labels, seed, dtype=dtype)
         self.model.to(self.device)
+        if gradient_checkpointing:
+            # non-reentrant: gradients reach the adapters although the frozen base's inputs need none.
+            # transformers 5.24 renamed it activation checkpointing; older releases only have the first name.
+            enable = getattr(self.model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         pool, score = hold_out_score_split(self.data, score_examples)
         validation = self.data.validation
         if self.data.regression:
@@ -133,7 +148,7 @@ class FinetuneEvaluator(Evaluator):
             from rankgym.instruct import encode_lm
 
             def encoded(split):
-                return encode_lm(split, self.tokenizer, recipe.max_length)[0]
+                return encode_lm(split, self.tokenizer, recipe.max_length, metric)[0]
         else:
             def encoded(split):
                 return encode(split, self.tokenizer, recipe.max_length, metric)
@@ -148,6 +163,10 @@ class FinetuneEvaluator(Evaluator):
     def modules(self) -> list[ModuleInfo]:
         return self._modules
 
+    @property
+    def peft_task_type(self) -> str:
+        return "CAUSAL_LM" if self.data.causal_lm else "SEQ_CLS"  # a language model has no head to save
+
     def identity(self) -> dict[str, Any]:
         """Everything that decides a result besides the map, as it is really run (the store's key)."""
         resolved = replace(self.recipe, eval_batch_size=self.recipe.eval_batch_size or default_eval_batch_size(self.device))
@@ -157,6 +176,7 @@ class FinetuneEvaluator(Evaluator):
             "target_modules": list(self.spec.target_patterns),
             "dtype": self.dtype,
             "task": self.data.name,
+            "metric": self.data.metric,
             "evaluator": f"{self.name}-v{self.version}",
             "budget": resolved.to_dict(),
             "device_type": self.device.type,

@@ -36,7 +36,7 @@ def adalora_ranks(model: nn.Module, modules: Sequence[ModuleInfo], train: Encode
     config = AdaLoraConfig(
         init_r=max(target_rank + 1, round(init_ratio * target_rank)), target_r=target_rank,
         tinit=steps // 10, tfinal=steps // 5, deltaT=max(1, steps // 100), total_step=steps,
-        lora_alpha=2 * target_rank, lora_dropout=0.0, target_modules=[m.name for m in modules], task_type="SEQ_CLS",
+        lora_alpha=2 * target_rank, lora_dropout=0.0, target_modules=[m.name for m in modules], task_type=_task_type(train),
     )
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, config)
@@ -49,6 +49,10 @@ def adalora_ranks(model: nn.Module, modules: Sequence[ModuleInfo], train: Encode
     return ranks
 
 
+def _task_type(train: Encoded) -> str:
+    return "CAUSAL_LM" if train.targets is not None else "SEQ_CLS"  # SEQ_CLS keeps the task head trainable
+
+
 def eva_ranks(model: nn.Module, modules: Sequence[ModuleInfo], train: Encoded, pad_id: int, rank: int, rho: float = 2.0,
               batches: int = 16, batch_size: int = 32, seed: int = 0) -> dict[str, int]:
     """PEFT's EVA: ranks (and initial factors) from SVDs of each module's input activations on
@@ -59,7 +63,7 @@ def eva_ranks(model: nn.Module, modules: Sequence[ModuleInfo], train: Encoded, p
     from peft import EvaConfig, LoraConfig, get_peft_model, initialize_lora_eva_weights
     from peft.tuners.lora import LoraLayer
 
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=[m.name for m in modules], task_type="SEQ_CLS",
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=[m.name for m in modules], task_type=_task_type(train),
                         init_lora_weights="eva", eva_config=EvaConfig(rho=rho, use_label_mask=False))
     peft_model = get_peft_model(model, config)
     device = next(model.parameters()).device
