@@ -293,3 +293,31 @@ def test_adalora_and_eva_allocate_ranks_on_a_causal_lm_within_the_budget(sums, t
     assert {"adalora", "eva", "prilora", "uniform"} <= set(rows)
     assert all(math.isfinite(r["mean"]) and r["params"] <= 0.5 * full for r in rows.values())
     assert json.loads((run / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_decoder_checkpoint_trains_on_instructions_and_peft_loads_its_adapter_with_the_same_logits(sums, tmp_path, family):
+    from transformers import Qwen2Config
+
+    width = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab_size=300, num_key_value_heads=2,
+                 max_position_embeddings=128)
+    path = tmp_path / family
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config((LlamaConfig if family == "llama" else Qwen2Config)(**width)).save_pretrained(path)
+    byte_level_tokenizer().save_pretrained(path)
+    result = CliRunner().invoke(main, ["finetune", "--backbone", "auto", "--model-name-or-path", str(path), "--task", str(sums), "--uniform", "4",
+                                       "--train-examples", "48", "--epochs", "4", "--lr", "3e-3", "--device", "cpu", "--out", str(tmp_path / "ft"),
+                                       "--peft-out", str(tmp_path / "peft"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    from rankgym.lora.inject import load_adapter
+
+    ours = AutoModelForCausalLM.from_pretrained(path)
+    load_adapter(ours, tmp_path / "ft")
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), str(tmp_path / "peft")).eval()
+    ids = torch.randint(3, 250, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ours.eval()(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(path).eval()(input_ids=ids).logits
+        assert not torch.allclose(expected, base, atol=1e-4)  # the adapter changed the model
+        torch.testing.assert_close(theirs(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
