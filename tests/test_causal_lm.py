@@ -321,3 +321,16 @@ def test_a_decoder_checkpoint_trains_on_instructions_and_peft_loads_its_adapter_
         base = AutoModelForCausalLM.from_pretrained(path).eval()(input_ids=ids).logits
         assert not torch.allclose(expected, base, atol=1e-4)  # the adapter changed the model
         torch.testing.assert_close(theirs(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unpromoted_causal_lm_run_exports_a_causal_lm_config_and_reports(sums, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", "random", "--budget", "2", "--out", str(run),
+                                       "--env", f"task='{sums}'", "--env", "device='cpu'", "--env", "train_examples=16", "--env", "max_rank=4",
+                                       "--env", "initial_rank=2", "--no-promote", "--no-report"])
+    assert result.exit_code == 0, result.output
+    exported = CliRunner().invoke(main, ["export", str(run), "--peft", str(tmp_path / "peft")])
+    assert exported.exit_code == 0 and "config only" in exported.output, exported.output
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    report = CliRunner().invoke(main, ["report", str(run), "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0 and (tmp_path / "report" / "report.md").is_file(), report.output
