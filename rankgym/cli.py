@@ -101,7 +101,8 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         evaluator = FinetuneEvaluator(backbone, task, recipe, seed, device, max(max_rank, 1), score_on="validation",
                                       model_name_or_path=model_name_or_path,
                                       data_dir=data_dir, text_column=text_column, label_column=label_column, regression=regression,
-                                      metric=metric, gradient_checkpointing=gradient_checkpointing, progress=not as_json, target_modules=target_modules, dtype=dtype, **policy)
+                                      metric=metric, gradient_checkpointing=gradient_checkpointing, progress=not as_json,
+                                      target_modules=target_modules, dtype=dtype, **policy)
         if rank_map is None:
             rank_map = RankMap.uniform([m.name for m in evaluator.modules], uniform, **policy)
         if peft_out and not any(rank_map.ranks.values()):

@@ -11,7 +11,7 @@ import numpy as np
 from rankgym.taskdata import TaskError
 
 METRICS = ("accuracy", "matthews", "f1", "pearson", "spearman")
-# what a task of each kind may be scored by (``--metric``); the first is its default
+# the metrics a task of each kind may be scored by (``--metric``; a GLUE task's own is in rankgym.tasks.GLUE)
 BY_KIND = {"classification": ("accuracy", "matthews", "f1"), "regression": ("pearson", "spearman"), "causal_lm": ("neg_nll", "exact_match")}
 BINARY_ONLY = ("matthews", "f1")
 

@@ -143,15 +143,14 @@ class FinetuneEvaluator(Evaluator):
             pool, score, validation = standardized([pool, score, validation], pool)
         self.split, self.score_examples = score_on, len(score)
         subset = training_subset(len(pool), recipe, seed)
-        metric = self.data.metric
         if self.data.causal_lm:
             from rankgym.instruct import encode_lm
 
             def encoded(split):
-                return encode_lm(split, self.tokenizer, recipe.max_length, metric)[0]
+                return encode_lm(split, self.tokenizer, recipe.max_length, self.data.metric)[0]
         else:
             def encoded(split):
-                return encode(split, self.tokenizer, recipe.max_length, metric)
+                return encode(split, self.tokenizer, recipe.max_length, self.data.metric)
         self.train_set = encoded(pool.subset(subset))
         self.val_set = encoded(score if score_on == "score" else validation)
         self.score_set = encoded(score)  # evaluate_both's second split
