@@ -3,6 +3,7 @@
     python benchmarks/strategies.py --tasks mrpc --fractions 0.125          # one cell
     python benchmarks/strategies.py --tasks cola rte mrpc --fractions 0.05 0.125 0.25
     python benchmarks/strategies.py --strategies tpe adalora --headroom-seeds 2
+    python benchmarks/strategies.py --tasks mrpc --env score_examples=1000 --out runs/strategies-score1000
 
 For each task and budget (a fraction of uniform rank 8's adapter parameters on MiniLM, whose 36
 modules at rank 1 cost exactly 12.5 %), everything runs through the CLI in fresh processes, as a
@@ -48,8 +49,11 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rankgym.cli", *args], check=True, stdout=subprocess.PIPE, text=True)
 
 
+EXTRA_ENV: list[str] = []  # --env KEY=VALUE of this benchmark run, passed to every headroom and search
+
+
 def env_options(budget: int) -> list[str]:
-    return ["--param-budget", str(budget), "--env", "rank_step=1"]
+    return ["--param-budget", str(budget), "--env", "rank_step=1", *(a for kv in EXTRA_ENV for a in ("--env", kv))]
 
 
 def headroom(env_id: str, store: Path, budget: int, seeds: int, cell: Path) -> dict:
@@ -117,7 +121,10 @@ def main() -> None:
                         help="promotion's successive halving (0: every row gets every seed, and halving is replayed on the full tables)")
     parser.add_argument("--backbone", default="minilm", help="tiny: a smoke run of the whole benchmark in a minute or two")
     parser.add_argument("--out", default="runs/strategies")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="gym.make override of every run, e.g. score_examples=1000 (cell folders are reused, so give each setting its own --out)")
     args = parser.parse_args()
+    EXTRA_ENV.extend(args.env)
 
     import gymnasium as gym
 
