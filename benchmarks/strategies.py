@@ -49,22 +49,20 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rankgym.cli", *args], check=True, stdout=subprocess.PIPE, text=True)
 
 
-EXTRA_ENV: list[str] = []  # --env KEY=VALUE of this benchmark run, passed to every headroom and search
+def env_options(budget: int, extra: list[str]) -> list[str]:
+    """The env options of every run: the budget, the rank grid, and the benchmark's own ``--env KEY=VALUE``."""
+    return ["--param-budget", str(budget), "--env", "rank_step=1", *(a for kv in extra for a in ("--env", kv))]
 
 
-def env_options(budget: int) -> list[str]:
-    return ["--param-budget", str(budget), "--env", "rank_step=1", *(a for kv in EXTRA_ENV for a in ("--env", kv))]
-
-
-def headroom(env_id: str, store: Path, budget: int, seeds: int, cell: Path) -> dict:
+def headroom(env_id: str, store: Path, budget: int, seeds: int, cell: Path, extra: list[str]) -> dict:
     path = cell / "headroom.json"
     if not path.is_file():
-        lines = cli("headroom", env_id, *env_options(budget), "--seeds", str(seeds), "--store", str(store), "--json").stdout.splitlines()
+        lines = cli("headroom", env_id, *env_options(budget, extra), "--seeds", str(seeds), "--store", str(store), "--json").stdout.splitlines()
         path.write_text(json.dumps(json.loads(lines[-1]), indent=1) + "\n")
     return json.loads(path.read_text())
 
 
-def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int, cell: Path, halving: float) -> dict:
+def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int, cell: Path, halving: float, extra: list[str]) -> dict:
     """One strategy's run, promoted; returns its summary (and the run's wall seconds)."""
     out = cell / name
     if (out / "summary.json").is_file():
@@ -74,7 +72,7 @@ def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int,
         cli("search", "--resume", str(out), "--no-report")
     else:
         cli("search", env_id, "--agent", name, "--out", str(out), "--budget", str(evaluations), "--seed", "0",
-            "--promote", "1", "--promote-halving", str(halving), "--no-report", *env_options(budget), "--env", f"store='{store}'",
+            "--promote", "1", "--promote-halving", str(halving), "--no-report", *env_options(budget, extra), "--env", f"store='{store}'",
             *(["--env", "evaluator='elastic'"] if name in SEARCHES else []), *ONE_SHOT.get(name, []))
     summary = json.loads((out / "summary.json").read_text())
     summary["benchmark_seconds"] = time.time() - started  # search and promotion, this process's part of it
@@ -124,7 +122,6 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="gym.make override of every run, e.g. score_examples=1000 (cell folders are reused, so give each setting its own --out)")
     args = parser.parse_args()
-    EXTRA_ENV.extend(args.env)
 
     import gymnasium as gym
 
@@ -144,7 +141,7 @@ def main() -> None:
             cell = out / task / f"{fraction:g}"
             cell.mkdir(parents=True, exist_ok=True)
             print(f"{task} at {fraction:g} of uniform-8 ({budget:,} parameters): headroom", flush=True)
-            room = headroom(env_id, store, budget, args.headroom_seeds, cell)
+            room = headroom(env_id, store, budget, args.headroom_seeds, cell, args.env)
             print(f"  {room['sentence']}", flush=True)
             summaries = {}
             for name in args.strategies:
@@ -152,7 +149,7 @@ def main() -> None:
                     print(f"  {name}: skipped, it needs at least uniform rank 1's parameters", flush=True)
                     continue
                 print(f"  {name}: search and promotion", flush=True)
-                summaries[name] = strategy(name, env_id, store, budget, args.evaluations, cell, args.promote_halving)
+                summaries[name] = strategy(name, env_id, store, budget, args.evaluations, cell, args.promote_halving, args.env)
             if not summaries:  # the headroom alone
                 continue
             rows, best = cell_rows(summaries)

@@ -106,10 +106,11 @@ def allocate(tasks: Sequence[str], budget: int, backbone: str = "minilm", weight
         raise ConfigError(f"--weights needs one weight per task ({len(tasks)}), got {len(weights)}")
     env_ids = {}  # a GLUE name, or a task folder (TSV/CSV, or JSON Lines for a causal LM) under its folder's name
     for task in tasks:
-        name = Path(task).resolve().name if Path(task).is_dir() else task
+        folder = Path(task).is_dir()
+        name = Path(task).resolve().name if folder else task
         if name in env_ids:
             raise ConfigError(f"two tasks are named {name!r}: give each task folder its own name")
-        if Path(task).is_dir():
+        if folder:
             register_task(task)  # RankSearch-{backbone}-{name}-v0 for every backbone
         env_ids[name] = f"RankSearch-{backbone}-{name}-v0"
     tasks = list(env_ids)

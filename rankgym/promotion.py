@@ -210,9 +210,8 @@ def _retrain(candidate: dict[str, Any], seed: int, service, staging: Path | None
     """One candidate's retrain with ``seed`` through the evaluation service (the store answers what it
     holds): (validation, score split); a fresh seed-0 retrain's adapter is staged for the winner."""
     rank_map = service.evaluator.template().replace(candidate["ranks"])
-    computed = service.computed
     evaluation, scored = service.evaluate_both(rank_map)
-    if staging is not None and seed == 0 and service.computed > computed and evaluation.ok and any(rank_map.ranks.values()):
+    if staging is not None and seed == 0 and not evaluation.cache_hit and evaluation.ok and any(rank_map.ranks.values()):
         try:
             service.evaluator.save_peft_adapter(staging / _stage_key(candidate["ranks"]), rank_map)
         except OSError as err:  # the retrain stands; the winner's weights are retrained if it wins

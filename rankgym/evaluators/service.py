@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rankgym.core import Evaluation, failed_evaluation, is_map_failure
 from rankgym.evaluators.base import Evaluator
@@ -53,15 +53,9 @@ class EvaluationService:
         todo = list({m.key(): m for m, f in zip(maps, found) if f is None}.values())
         state = self.evaluator.state_key()  # before evaluating: a stateful evaluator takes one map at a time
         if todo and hasattr(self.evaluator, "evaluate_many"):
-            start = time.perf_counter()
-            try:
-                evaluations = self.evaluator.evaluate_many(todo)
-            except Exception as err:
-                if not is_map_failure(err):
-                    raise
-                evaluations = [failed_evaluation(err, self.evaluator.trainable_params(m), time.perf_counter() - start) for m in todo]
+            evaluations = self._guarded(lambda: self.evaluator.evaluate_many(todo), todo)
         else:
-            evaluations = [self._compute(m) for m in todo]
+            evaluations = [self._guarded(lambda: [self.evaluator.evaluate(m)], [m])[0] for m in todo]
         fresh = {m.key(): self._remember(m, e, state) for m, e in zip(todo, evaluations)}
         return [f if f is not None else fresh[m.key()] for f, m in zip(found, maps)]
 
@@ -74,23 +68,19 @@ class EvaluationService:
         found = [self.store.get(c, rank_map, failures=not self.retry_failed) for c in (self.context, score_context)]
         if None not in found:
             return found[0], found[1]
-        start = time.perf_counter()
-        try:
-            evaluation, scored = self.evaluator.evaluate_both(rank_map)
-        except Exception as err:
-            if not is_map_failure(err):
-                raise
-            evaluation = scored = failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
+        evaluation, scored = self._guarded(lambda: self.evaluator.evaluate_both(rank_map), [rank_map, rank_map])
         return self._remember(rank_map, evaluation, ""), self.store.put(score_context, rank_map, scored)
 
-    def _compute(self, rank_map: RankMap) -> Evaluation:
+    def _guarded(self, call: Callable[[], Sequence[Evaluation]], maps: Sequence[RankMap]) -> list[Evaluation]:
+        """``call()``'s evaluations of ``maps``; where it raised a failure of the maps themselves
+        (:func:`~rankgym.core.is_map_failure`), that failure for each of them. Anything else propagates."""
         start = time.perf_counter()
         try:
-            return self.evaluator.evaluate(rank_map)
+            return list(call())
         except Exception as err:
             if not is_map_failure(err):
                 raise
-            return failed_evaluation(err, self.evaluator.trainable_params(rank_map), time.perf_counter() - start)
+            return [failed_evaluation(err, self.evaluator.trainable_params(m), time.perf_counter() - start) for m in maps]
 
     def _remember(self, rank_map: RankMap, evaluation: Evaluation, state_key: str) -> Evaluation:
         """Mark a non-finite metric as an error and write the evaluation at once; returns what to act on
