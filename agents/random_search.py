@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from rankgym.budget import rank_grid
 from rankgym.harness import SearchArgs, evaluate_batch, evaluate_starts, finish_search, open_search, parse_cli
 
 
@@ -26,7 +27,7 @@ def run(args: Args) -> dict[str, Any]:
     started = time.time()
     run_dir, env, log, progress = open_search(args, "random")
     rng = np.random.default_rng(args.seed)
-    choices = np.arange(env.min_rank, env.max_rank + 1, env.rank_step)
+    choices = rank_grid(env.min_rank, env.max_rank, env.rank_step)
     done = evaluate_starts(env, log, progress, args.budget)
     while done < args.budget:  # one map at a time, or a Ray pool's worth: the same maps in the same order
         batch = [rng.choice(choices, size=len(env.names)) for _ in range(min(env.evaluator.parallel, args.budget - done))]

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from rankgym.errors import ConfigError
+from rankgym.budget import largest_factor
 from rankgym.core import ModuleInfo, adapter_params
+from rankgym.errors import ConfigError
 
 LEVELS = (0, 1, 2, 3, 4, 6, 8, 12, 16)
 
@@ -66,15 +67,10 @@ def article_maps(tasks: Sequence[str], modules: Sequence[ModuleInfo], budget: in
     def total(scale: float) -> int:
         return sum(adapter_params(modules, ranks(t, scale)) for t in tasks)
 
-    lo, hi = 0.0, 1.0
-    if total(hi) > budget:
-        if total(lo) > budget:
-            return None
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if total(mid) <= budget else (lo, mid)
-        return {t: ranks(t, lo) for t in tasks}
-    return {t: ranks(t, hi) for t in tasks}
+    if total(0.0) > budget:
+        return None
+    scale = 1.0 if total(1.0) <= budget else largest_factor(lambda f: total(f) <= budget)
+    return {t: ranks(t, scale) for t in tasks}
 
 
 @dataclass

@@ -10,7 +10,7 @@ over rankgym's own parameter count, not something a library offers.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +29,25 @@ def budget_params(param_budget: float, reference: int) -> int:
         raise ConfigError(f"param_budget must be a fraction in (0, 1] of the uniform map at max_rank, or a parameter count > 1; "
                           f"got {param_budget!r}")
     return int(param_budget * reference) if param_budget <= 1 else int(param_budget)
+
+
+def rank_grid(min_rank: int, max_rank: int, rank_step: int) -> list[int]:
+    """The ranks a module may take: ``min_rank``, ``min_rank + rank_step``, ..., and ``max_rank`` itself
+    where the step skips it (the env clips a grown rank to ``max_rank``, so it is reachable)."""
+    grid = list(range(min_rank, max_rank + 1, rank_step))
+    if not grid or grid[-1] != max_rank:
+        grid.append(max_rank)
+    return grid
+
+
+def largest_factor(fits: Callable[[float], bool]) -> float:
+    """The largest factor in [0, 1] for which ``fits`` holds, by bisection; ``fits`` must only turn
+    false as the factor grows (a map scaled by it costs more), and hold at 0."""
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def _on_grid(ranks: np.ndarray, factor: float, min_rank: int, rank_step: int) -> np.ndarray:
@@ -53,14 +72,8 @@ def project(ranks: Sequence[int], modules: list[ModuleInfo], budget: int, min_ra
     if adapter_params(modules, floor) > budget:
         raise ConfigError(f"param_budget of {budget:,} adapter parameters is below what min_rank={min_rank} on every module costs "
                           f"({adapter_params(modules, floor):,}); raise the budget or lower min_rank")
-    lo, hi = 0.0, 1.0  # params(factor) only grows with the factor: bisect to the largest that fits
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if adapter_params(modules, _on_grid(ranks, mid, min_rank, rank_step)) <= budget:
-            lo = mid
-        else:
-            hi = mid
-    return _on_grid(ranks, lo, min_rank, rank_step)
+    factor = largest_factor(lambda f: adapter_params(modules, _on_grid(ranks, f, min_rank, rank_step)) <= budget)
+    return _on_grid(ranks, factor, min_rank, rank_step)
 
 
 def budget_rank(modules: Sequence[ModuleInfo], budget_params: int) -> int:

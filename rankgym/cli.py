@@ -440,9 +440,8 @@ def headroom(env_id, param_budget, seeds, env_options, store, as_json) -> None:
     with user_errors():
         if env_id not in gym.registry:
             fail(f"unknown environment id {env_id!r}; `rankgym envs` lists them")
-        kwargs = {k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"}
         Path(store).parent.mkdir(parents=True, exist_ok=True)
-        config = EnvConfig.from_kwargs({**kwargs, **key_values(env_options), "param_budget": param_budget, "store": store}, env_id)
+        config = EnvConfig.for_env(env_id, {**key_values(env_options), "param_budget": param_budget, "store": store})
         found = measure(config, list(range(seeds)), on_seed=lambda s: click.echo(f"adapter seed {s} scored", err=as_json))
     click.echo(f"{env_id} at {found.budget_params:,} adapter parameters ({found.budget_params / found.reference_params:.1%} of "
                f"uniform-{config.max_rank}), elastic scores on the score split, seeds {found.seeds}:", err=as_json)

@@ -140,9 +140,7 @@ def task_model(args: "SearchArgs", agent: str, recipe: Recipe):
     from rankgym.evaluators.factory import build_evaluator
     from rankgym.registry import EnvConfig
 
-    kwargs = {**(gym.spec(args.env_id).kwargs or {}), **args.env_kwargs}
-    kwargs.pop("env_id", None)
-    config = EnvConfig.from_kwargs(kwargs, args.env_id)
+    config = EnvConfig.for_env(args.env_id, args.env_kwargs)
     if config.evaluator in ("fake", "surrogate", "replay"):
         raise ConfigError(f"the {agent} strategy works on a real model; {args.env_id} with the {config.evaluator} evaluator has none")
     config = replace(config, evaluator="finetune", store=None, ray_workers=0, train_examples=recipe.train_examples, lr=recipe.lr)

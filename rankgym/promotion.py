@@ -126,8 +126,6 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     where the store answered it), the winner's label and the labels tied with
     it. With ``adapter_dir``, the winner's seed-0 retrain is saved there as a PEFT adapter.
     """
-    import gymnasium as gym
-
     from rankgym.budget import budget_params, default_lam, project
     from rankgym.core import adapter_params
     from rankgym.recipe import full_recipe
@@ -136,8 +134,7 @@ def promote(rows: list[dict[str, Any]], env_id: str, env_kwargs: dict[str, Any],
     from rankgym.store import EvaluationStore
     from rankgym.strategies.heuristics import cache_path, heuristic_maps
 
-    spec_kwargs = {k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"}
-    config = EnvConfig.from_kwargs({**spec_kwargs, **env_kwargs}, env_id)
+    config = EnvConfig.for_env(env_id, env_kwargs)
     if promotion.top_k < 1 or config.evaluator in ("fake", "replay"):
         return None  # the fake and replay evaluators have no model to retrain
     store = EvaluationStore(store_path)

@@ -122,6 +122,12 @@ class EnvConfig:
             raise ConfigError(f"fake_profile must be 'separable' or 'calibrated' (fitted to real MiniLM x SST-2 scores), got {config.fake_profile!r}")
         return config
 
+    @classmethod
+    def for_env(cls, env_id: str, overrides: dict[str, Any]) -> "EnvConfig":
+        """The config of ``env_id``: its registered kwargs (where it is registered) under ``overrides``, validated."""
+        registered = {k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"} if env_id in gym.registry else {}
+        return cls.from_kwargs({**registered, **overrides}, env_id)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -246,9 +252,7 @@ def make_batched_episodes(num_envs: int, env_id: str = "RankSearch", on_evaluati
     """``num_envs`` environments on one evaluator; ``finetune`` becomes ``batched`` with k = num_envs."""
     from rankgym.envs.vector import BatchedEpisodes
 
-    if env_id in gym.registry:  # the id's own defaults (backbone, task, budget) under the caller's overrides
-        kwargs = {**{k: v for k, v in gym.spec(env_id).kwargs.items() if k != "env_id"}, **kwargs}
-    config = EnvConfig.from_kwargs(kwargs, env_id)
+    config = EnvConfig.for_env(env_id, kwargs)  # the id's own defaults (backbone, task, budget) under the caller's overrides
     if config.evaluator == "finetune" and not config.ray_workers:  # on Ray each worker trains its own maps
         config.evaluator = "batched"
     if config.evaluator in ("warmstart", "replay"):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from gymnasium.utils.env_checker import check_env
 
 import rankgym  # noqa: F401  (registers the ids)
-from rankgym.budget import budget_params, project
+from rankgym.budget import budget_params, largest_factor, project, rank_grid
 from rankgym.cli import main
 from rankgym.errors import ConfigError
 from rankgym.core import ModuleInfo, adapter_params
@@ -43,6 +43,36 @@ def test_projection_fits_the_budget_keeps_maps_within_it_and_is_the_largest_comm
         # no common factor on a fine grid does better (checked by brute force, not bisection)
         best = max(p for p, _ in (params_at(ranks, mods, f, min_rank, step) for f in np.linspace(0, 1, 2001)) if p <= budget)
         assert adapter_params(mods, out) >= best
+
+
+def test_largest_factor_is_the_bisection_of_a_monotone_test():
+    for threshold in (0.0, 0.123456, 0.5, 0.999, 1.0):
+        assert largest_factor(lambda f: f <= threshold) == pytest.approx(threshold, abs=1e-9)
+    assert largest_factor(lambda f: f == 0.0) == 0.0  # holds only at 0: nothing larger is claimed
+
+
+@pytest.mark.parametrize("min_rank,max_rank,step,expected", [
+    (0, 16, 2, [0, 2, 4, 6, 8, 10, 12, 14, 16]),
+    (0, 16, 3, [0, 3, 6, 9, 12, 15, 16]),
+    (2, 12, 4, [2, 6, 10, 12]),
+    (4, 4, 2, [4]),
+])
+def test_the_rank_grid_is_counted_from_min_rank_and_always_holds_max_rank(min_rank, max_rank, step, expected):
+    assert rank_grid(min_rank, max_rank, step) == expected
+
+
+def test_random_search_and_the_allocation_env_draw_from_the_rank_grid_max_rank_included(tmp_path):
+    from rankgym.envs.allocation import RankAllocationEnv
+
+    run = tmp_path / "random"
+    result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "random", "--budget", "6", "--env", "rank_step=3",
+                                       "--env", "max_rank=16", "--out", str(run), "--no-report", "--no-promote"])
+    assert result.exit_code == 0, result.output
+    with (run / "steps.csv").open() as f:
+        ranks = [r for row in csv.DictReader(f) for r in json.loads(row["rank_map"]).values()]
+    assert set(ranks) <= {0, 3, 6, 9, 12, 15, 16} and 16 in ranks  # 6 maps of 24 modules: max_rank is drawn
+    env = RankAllocationEnv(gym.make("RankSearch-fake-v0", rank_step=3, max_rank=16).unwrapped)
+    assert set(env.choices.tolist()) <= {0, 3, 6, 9, 12, 15, 16} and env.choices.max() == 16
 
 
 def test_budgets_are_fractions_or_counts_and_impossible_ones_are_refused():

@@ -293,6 +293,18 @@ def test_bad_kwargs_fail_at_construction():
         gym.make("RankSearch-fake-v0", min_rank=9, max_rank=4)
 
 
+def test_an_env_config_is_its_ids_registered_kwargs_under_the_callers():
+    from rankgym.registry import EnvConfig
+
+    registered = gym.spec("RankSearch-minilm-cola-v0").kwargs
+    config = EnvConfig.for_env("RankSearch-minilm-cola-v0", {"max_rank": 4, "lam": 0.25})
+    assert (config.backbone, config.task) == (registered["backbone"], registered["task"]) == ("minilm", "cola")
+    assert (config.max_rank, config.lam) == (4, 0.25)
+    assert EnvConfig.for_env("not-registered", {"task": "rte"}).task == "rte"  # nothing registered: the caller's and the defaults
+    with pytest.raises(ConfigError, match=r"option max_rank='8' for RankSearch-minilm-cola-v0 should be"):
+        EnvConfig.for_env("RankSearch-minilm-cola-v0", {"max_rank": "8"})
+
+
 def test_registry_has_every_backbone_and_task():
     ids = [i for i in gym.registry if i.startswith("RankSearch-")]
     assert set(ids) >= {"RankSearch-gpt2-sst2-v0", "RankSearch-distilgpt2-sst2-v0", "RankSearch-minilm-sst2-v0",

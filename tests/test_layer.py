@@ -24,6 +24,15 @@ def bases():
     return [nn.Linear(24, 16), Conv1D(16, 24)]  # Conv1D(nf=out, nx=in): weight 24 x 16
 
 
+def test_replace_module_swaps_a_dotted_submodule_and_returns_the_old_one():
+    from rankgym.lora.inject import replace_module
+
+    model = nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 2))
+    old, new = model[0][0], nn.Linear(4, 4)
+    assert replace_module(model, "0.0", new) is old
+    assert model.get_submodule("0.0") is new and model[0][1].__class__ is nn.ReLU and len(list(model.modules())) == 5
+
+
 @pytest.mark.parametrize("base", bases(), ids=["linear", "conv1d"])
 def test_growing_leaves_output_unchanged(base):
     layer = trained(LoRALayer(base, rank=4, max_rank=12))

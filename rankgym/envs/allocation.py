@@ -23,6 +23,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
+from rankgym.budget import rank_grid
 from rankgym.envs.rank_search import RankSearchEnv
 
 FEATURES = 6  # beyond the static module features
@@ -45,7 +46,7 @@ class RankAllocationEnv(gym.Env):
         self.search = search
         self.evaluate = evaluate or (lambda ranks: search.evaluate_map(dict(zip(search.names, ranks))))
         # action k asks for k/8 of max_rank, rounded to the grid min_rank + j * rank_step (on MiniLM's 0..16 by 2: rank 2k)
-        grid = np.arange(search.min_rank, search.max_rank + 1, search.rank_step)
+        grid = np.array(rank_grid(search.min_rank, search.max_rank, search.rank_step))
         wanted = np.linspace(0, search.max_rank, ACTIONS)
         self.choices = grid[np.abs(grid[None, :] - wanted[:, None]).argmin(1)]
         self.action_space = gym.spaces.Discrete(ACTIONS)

@@ -19,6 +19,7 @@ from rankgym.core import Evaluation
 from rankgym.errors import ConfigError
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.batched import BatchedLinear, BatchedLoRALayer
+from rankgym.lora.inject import replace_module
 from rankgym.rankmap import RankMap
 from rankgym.training import finetune_copies, module_generator
 
@@ -43,19 +44,15 @@ class BatchedEvaluator(FinetuneEvaluator):
         policy = self.alpha_policy
         self.layers: dict[str, BatchedLoRALayer] = {}
         for info in self.modules:
-            parent_name, _, child = info.name.rpartition(".")
-            parent = self.model.get_submodule(parent_name)
-            layer = BatchedLoRALayer(getattr(parent, child), k, self.max_rank, **policy).to(self.device)
-            setattr(parent, child, layer)
+            layer = BatchedLoRALayer(self.model.get_submodule(info.name), k, self.max_rank, **policy).to(self.device)
+            replace_module(self.model, info.name, layer)
             self.layers[info.name] = layer
         self.heads: list[BatchedLinear] = []  # every linear layer of the head, in init_head's order
         for name, head in head_modules(self.model).items():
             pretrained = getattr(head, "pretrained_state", None) is not None
             for leaf_name, leaf in [(n, m) for n, m in head.named_modules() if isinstance(m, nn.Linear)]:
-                full = f"{name}.{leaf_name}" if leaf_name else name
-                parent_name, _, child = full.rpartition(".")
                 batched = BatchedLinear(leaf, k, pretrained).to(self.device)
-                setattr(self.model.get_submodule(parent_name), child, batched)
+                replace_module(self.model, f"{name}.{leaf_name}" if leaf_name else name, batched)
                 self.heads.append(batched)
         for p in self.model.parameters():
             p.requires_grad_(False)

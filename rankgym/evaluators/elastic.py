@@ -37,6 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rankgym.backbones import head_modules
+from rankgym.budget import rank_grid
 from rankgym.core import Evaluation
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.inject import lora_layers
@@ -66,9 +67,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         # Merging makes the scoring forward a plain one (15 % faster on a CPU) but keeps a copy of every
         # adapted weight to restore from: on a GPU, where memory is what runs out, score through the adapters.
         self.merge = self.device.type == "cpu" if merge is None else merge
-        self.grid = list(range(min_rank, self.max_rank + 1, rank_step))
-        if not self.grid or self.grid[-1] != self.max_rank:
-            self.grid.append(self.max_rank)
+        self.grid = rank_grid(min_rank, self.max_rank, rank_step)
         self.sandwich = sandwich
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.training_seconds: float | None = None  # what training the adapter cost (also when it was loaded)

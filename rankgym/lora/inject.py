@@ -21,6 +21,15 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALayer)}
 
 
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` where the submodule ``name`` of ``model`` is (a dotted path); returns the one it replaced."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    old = getattr(parent, child)
+    setattr(parent, child, module)
+    return old
+
+
 def apply_rank_map(
     model: nn.Module,
     rank_map: RankMap,
@@ -39,9 +48,7 @@ def apply_rank_map(
     for name, rank in rank_map.ranks.items():
         layer = layers.get(name)
         if layer is None:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            base = getattr(parent, child)
+            base = model.get_submodule(name)
             limit = min(base.weight.shape)
             layer = LoRALayer(
                 base,
@@ -53,7 +60,7 @@ def apply_rank_map(
             )
             if generator is not None:
                 layer.reset_adapter(rank, generator)
-            setattr(parent, child, layer)
+            replace_module(model, name, layer)
             layers[name] = layer
         else:
             layer.alpha, layer.alpha_mode, layer.rslora = rank_map.alpha, rank_map.alpha_mode, rank_map.rslora

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from rankgym.core import ModuleInfo
-from rankgym.lora.inject import apply_rank_map
+from rankgym.lora.inject import apply_rank_map, replace_module
 from rankgym.lora.layer import LoRALayer
 from rankgym.rankmap import RankMap
 from rankgym.recipe import ALPHA_POLICY, Recipe
@@ -80,9 +80,8 @@ def autolora_ranks(model: nn.Module, modules: Sequence[ModuleInfo], train: Encod
     init_adapters(model, seed)
     gated = {}
     for name in names:
-        parent_name, _, child = name.rpartition(".")
         gated[name] = GatedLoRA(layers[name])
-        setattr(model.get_submodule(parent_name), child, gated[name])
+        replace_module(model, name, gated[name])
     cost = torch.tensor([m.in_features + m.out_features for m in modules], dtype=torch.float32, device=device)
 
     order = np.random.default_rng(seed).permutation(len(train))
@@ -111,6 +110,5 @@ def autolora_ranks(model: nn.Module, modules: Sequence[ModuleInfo], train: Encod
     model.eval()
     logits = {name: g.logits.detach().cpu().numpy() for name, g in gated.items()}
     for name in names:  # put the plain layers back: the search's model is left as it found its wrappers
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layers[name])
+        replace_module(model, name, layers[name])
     return hard_threshold(logits, modules, budget_params), logits

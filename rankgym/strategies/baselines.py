@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from rankgym.budget import largest_factor
 from rankgym.core import ModuleInfo, adapter_params
 
 # The article's layer-type presets (section 5.1): rank per module kind, low / medium / high.
@@ -61,11 +62,7 @@ def spectral_ranks(modules: Sequence[ModuleInfo], fraction: float, budget_params
     def scaled(factor: float) -> list[int]:
         return [min(_limit(m), max(1, round(factor * r))) for r, m in zip(raw, modules)]
 
-    low, high = 0.0, 1.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if adapter_params(modules, scaled(mid)) <= budget_params else (low, mid)
-    return scaled(low)
+    return scaled(largest_factor(lambda f: adapter_params(modules, scaled(f)) <= budget_params))
 
 
 def baseline_maps(modules: Sequence[ModuleInfo], kinds: str = "uniform", budget_params: int | None = None,
