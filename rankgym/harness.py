@@ -100,7 +100,8 @@ def heuristic_starts(env) -> list[tuple[str, list[int]]]:
     if env.budget is None:
         return []
     maps = heuristic_maps(env.config, env.modules, env.budget, cache_path(env.config.store),
-                          eva=env.config.evaluator != "fake")  # the fake envs have no model to probe
+                          eva=env.config.evaluator != "fake",  # the fake envs have no model to probe
+                          make_room=env.evaluator.released)
     return [(uniform_label(env.initial), env.initial.tolist())] + [(label, [ranks[n] for n in env.names]) for label, ranks in maps]
 
 
@@ -160,9 +161,12 @@ def one_shot(args: "SearchArgs", agent: str, recipe: Recipe, propose, needs_rank
     least, budget = adapter_params(env.modules, [1] * len(env.modules)), strategy_budget(env)
     if needs_rank_1 and least > budget:
         raise ConfigError(f"{needs_rank_1} ({least:,} parameters), over the budget of {budget:,}; raise --param-budget")
-    base = task_model(args, agent, recipe)
-    ranks = propose(env, base)
-    base.close()
+    with env.evaluator.released():  # one model in memory at a time: the proposal's, then the search's again
+        base = task_model(args, agent, recipe)
+        try:
+            ranks = propose(env, base)
+        finally:
+            base.close()
     evaluate_ranks(env, log, progress, [ranks[n] for n in env.names], agent)
     return finish_search(run_dir, env, started, progress, args)
 

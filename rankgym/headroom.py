@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -64,21 +65,22 @@ def top_label(config) -> str:
     return f"uniform-{config.max_rank}"
 
 
-def headroom_maps(config, modules, budget: int) -> list[tuple[str, dict[str, int]]]:
-    """The maps compared, (label, ranks by name): the heuristics at the budget, then :func:`top_label`'s."""
+def headroom_maps(config, modules, budget: int, make_room=nullcontext) -> list[tuple[str, dict[str, int]]]:
+    """The maps compared, (label, ranks by name): the heuristics at the budget (EVA's probe loaded
+    inside ``make_room``), then :func:`top_label`'s."""
     from rankgym.budget import project
     from rankgym.strategies.heuristics import cache_path, heuristic_maps, uniform_label
 
     names = [m.name for m in modules]
     uniform = project([config.max_rank] * len(modules), modules, budget, config.min_rank, config.rank_step).tolist()
     maps = [(uniform_label(uniform), dict(zip(names, uniform)))]
-    maps += heuristic_maps(config, modules, budget, cache_path(config.store))
+    maps += heuristic_maps(config, modules, budget, cache_path(config.store), make_room=make_room)
     return maps + [(top_label(config), dict.fromkeys(names, config.max_rank))]
 
 
 def measure(evaluator, config, budget: int, scores: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Add one elastic evaluator's scores of :func:`headroom_maps` to ``scores`` (label -> per seed)."""
-    maps = headroom_maps(config, evaluator.modules, budget)
+    maps = headroom_maps(config, evaluator.modules, budget, make_room=evaluator.released)
     scores = {label: [] for label, _ in maps} if scores is None else scores
     template = evaluator.template()
     for label, ranks in maps:

@@ -148,3 +148,17 @@ def test_maps_above_the_elastic_max_rank_are_refused(sst2_dir):
     evaluator = elastic(sst2_dir)
     with pytest.raises(ValueError, match="holds ranks up to 8"):
         evaluator.evaluate(evaluator.template().replace({m.name: 16 for m in evaluator.modules}))
+
+
+def test_released_frees_every_tensor_and_puts_back_the_same_model(sst2_dir):
+    ev = elastic(sst2_dir)
+    first = ev.evaluate(varied(ev))
+    tensors = {**dict(ev.model.named_parameters()), **dict(ev.model.named_buffers())}
+    before = {name: t.detach().clone() for name, t in tensors.items()}
+    with ev.released():
+        assert all(t.numel() == 0 for t in tensors.values())
+    after = {**dict(ev.model.named_parameters()), **dict(ev.model.named_buffers())}
+    assert all(after[name] is t and torch.equal(t, before[name]) and t.dtype == before[name].dtype for name, t in tensors.items())
+    again = ev.evaluate(varied(ev))
+    assert (again.metric, again.val_loss) == (first.metric, first.val_loss)
+

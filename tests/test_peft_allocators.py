@@ -1,5 +1,6 @@
 """AdaLoRA and EVA run by PEFT on a tiny model: the maps they return are what PEFT's own model holds."""
 
+import csv
 import json
 
 import pytest
@@ -55,6 +56,31 @@ def test_search_with_a_peft_allocator_scores_its_map_once(tmp_path, sst2_dir, ag
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "summary.json").read_text())
     assert summary["evaluations"] == 1 and summary["best_cost"] <= 0.5
+
+
+@pytest.mark.parametrize("agent", ["eva", "tpe"])
+def test_a_search_never_holds_two_models_its_proposal_or_eva_probe_loads_after_releasing_its_own(tmp_path, sst2_dir, monkeypatch, agent):
+    """The one-shot proposal (eva) and the EVA start of a budgeted search (tpe) each load a model of
+    their own: the search's evaluator holds no tensor storage then, and evaluates normally after."""
+    alive, held_when_loading = [], []
+    init = FinetuneEvaluator.__init__
+
+    def tracked(self, *args, **kwargs):
+        held_when_loading.append(sum(p.numel() for e in alive if e.model is not None for p in e.model.parameters()))
+        init(self, *args, **kwargs)
+        alive.append(self)
+
+    monkeypatch.setattr(FinetuneEvaluator, "__init__", tracked)
+    run = tmp_path / agent
+    result = CliRunner().invoke(main, ["search", "RankSearch-tiny-sst2-v0", "--agent", agent, "--out", str(run), "--no-promote",
+                                       "--no-report", "--param-budget", "0.5", "--env", "train_examples=32", "--env", "val_examples=32",
+                                       "--env", "device='cpu'", "--budget", "3"])
+    assert result.exit_code == 0, result.output
+    assert len(held_when_loading) == 2 and held_when_loading[0] == 0  # the search's own model: nothing loaded before it
+    assert held_when_loading[1] == 0  # the second model was loaded with the first released
+    with (run / "steps.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["error"] == "" and 0 < float(r["metric"]) <= 1 for r in rows)
 
 
 def test_a_peft_allocator_refuses_the_fake_env(tmp_path):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, ContextManager
 
 from rankgym.core import Evaluation, ModuleInfo, adapter_params
 from rankgym.rankmap import RankMap
@@ -57,6 +58,11 @@ class Evaluator(ABC):
 
     def reset_episode(self) -> None:
         """Called by the environment at ``reset()``; stateful evaluators (warm start) start over."""
+
+    def released(self) -> ContextManager[None]:
+        """A context in which the evaluator holds no model in memory, and after which it is as before:
+        what lets a strategy load a model of its own beside a search's (nothing to free here)."""
+        return nullcontext()
 
     def close(self) -> None:
         """Free what the evaluator holds (models, GPU memory)."""

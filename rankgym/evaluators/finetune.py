@@ -10,10 +10,12 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -258,6 +260,32 @@ class FinetuneEvaluator(Evaluator):
         shutil.rmtree(directory, ignore_errors=True)
         tmp.rename(directory)
         return directory
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Free the model's memory for the duration and put every tensor back as it was after.
+
+        The parameters and buffers go to a temporary file (``torch.save``: tied and shared tensors
+        are kept as they are) and their storage is emptied in place, so every object (wrappers,
+        tied weights, a trained elastic adapter, a warm start's state) is the same one afterwards
+        and holds the same values. One model in memory at a time is what a GPU's memory allows
+        for a large base: the proposal of a one-shot strategy or EVA's probe loads its own.
+        """
+        tensors = dict(self.model.named_parameters())
+        tensors.update(self.model.named_buffers())
+        with tempfile.TemporaryDirectory(prefix="rankgym-released-") as folder:
+            path = Path(folder) / "model.pt"
+            torch.save({name: t.detach() for name, t in tensors.items()}, path)
+            for t in tensors.values():
+                t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            try:
+                yield
+            finally:
+                saved = torch.load(path, weights_only=True)
+                for name, t in tensors.items():
+                    t.data = saved[name].to(t.device)
 
     def close(self) -> None:
         self.model = None  # idempotent: Gymnasium may close twice

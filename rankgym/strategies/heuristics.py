@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from rankgym.budget import budget_rank, on_grid, project
 from rankgym.core import ModuleInfo
@@ -44,12 +45,13 @@ def heuristics_key(config, modules: Sequence[ModuleInfo], budget: int) -> str:
 
 
 def heuristic_maps(config, modules: Sequence[ModuleInfo], budget: int, cache: Path | None = None,
-                   eva: bool = True) -> list[tuple[str, dict[str, int]]]:
+                   eva: bool = True, make_room: Callable[[], ContextManager] = nullcontext) -> list[tuple[str, dict[str, int]]]:
     """(label, ranks by module name) of PRILoRA and EVA at ``budget`` adapter parameters, projected onto it.
 
     ``config`` is the search's :class:`~rankgym.registry.EnvConfig`; ``cache`` a JSON file that
     keeps computed maps (read and extended, written whole); ``eva=False`` where there is no model
-    to probe (the fake envs).
+    to probe (the fake envs); ``make_room`` a context EVA's probe model is loaded in (a search's
+    evaluator releases its own there, :meth:`~rankgym.evaluators.base.Evaluator.released`).
     """
     rank = budget_rank(modules, budget)
     prilora = (f"prilora-{rank}", _fit(config, modules, budget, prilora_ranks(modules, rank)))
@@ -59,7 +61,9 @@ def heuristic_maps(config, modules: Sequence[ModuleInfo], budget: int, cache: Pa
     kept: dict[str, Any] = read_json(cache, "the heuristics cache") if cache is not None and cache.is_file() else {}
     if key in kept:
         return [(label, dict(ranks)) for label, ranks in kept[key]]
-    maps = [prilora, (f"eva-{rank}", _fit(config, modules, budget, _eva(config, modules, rank)))]
+    with make_room():
+        eva_map = _eva(config, modules, rank)
+    maps = [prilora, (f"eva-{rank}", _fit(config, modules, budget, eva_map))]
     if cache is not None:
         kept[key] = maps
         cache.parent.mkdir(parents=True, exist_ok=True)
