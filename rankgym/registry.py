@@ -42,7 +42,7 @@ class EnvConfig:
     training file), ``elastic_examples`` and ``sandwich`` for the elastic evaluator (its one
     training run, at the full recipe's learning rate; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
     ``fake_hidden``, ``fake_profile`` (separable or calibrated), ``fake_noise`` and ``fake_collapse`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
-    shipped MiniLM x SST-2 table), ``target_modules`` (PEFT-style names or regexes to
+    table rankgym ships for the task, :data:`SURROGATES`), ``target_modules`` (PEFT-style names or regexes to
     adapt), ``dtype`` (the frozen base's: fp32, bf16, fp16) and ``metric`` (what scores a map, instead of
     the task's own: accuracy, matthews, f1; pearson, spearman; neg_nll, exact_match), ``gradient_checkpointing``. ``RankSearch-auto-{task}-v0`` adapts
     the model at ``model_name_or_path``, its family read from its config.
@@ -171,14 +171,22 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 FAKE_ID = "RankSearch-fake-v0"
 CALIBRATED_ID = "RankSearch-fake-calibrated-v0"  # MiniLM's shape, fitted to real MiniLM x SST-2 scores
-SURROGATE_ID = "RankSearch-minilm-sst2-surrogate-v0"  # the shipped table: real MiniLM x SST-2 elastic scores
+SURROGATE_ID = "RankSearch-minilm-sst2-surrogate-v0"  # the first shipped table: real MiniLM x SST-2 elastic scores
+# The shipped real-score tables (rankgym/data/surrogate-minilm-{task}-elastic.json, written by
+# benchmarks/score_tables.py), each with the env defaults of the maps it recorded: a table recorded
+# within a budget covers that budget only (its env id defaults to it, on the grid it was scored on).
+SURROGATES: dict[str, dict[str, Any]] = {
+    "sst2": {},  # 1,000 random maps of ranks 0..16 in steps of 2, no budget
+}
 
 
 def env_ids() -> dict[str, dict[str, Any]]:
     """Every registered id with its default kwargs."""
     ids = {FAKE_ID: dict(backbone="fake", task="fake", evaluator="fake"),
            CALIBRATED_ID: dict(backbone="fake", task="fake", evaluator="fake", fake_profile="calibrated", fake_layers=6, fake_hidden=384),
-           SURROGATE_ID: dict(backbone="minilm", task="sst2", evaluator="surrogate", max_rank=16, initial_rank=8, max_episode_steps=16)}
+           **{f"RankSearch-minilm-{task}-surrogate-v0": dict(backbone="minilm", task=task, evaluator="surrogate", max_rank=16,
+                                                             initial_rank=8, max_episode_steps=16, **defaults)
+              for task, defaults in SURROGATES.items()}}
     for backbone in (*BACKBONES, "auto"):
         for task in TASKS:
             ids[f"RankSearch-{backbone}-{task}-v0"] = dict(backbone=backbone, task=task, evaluator="finetune",

@@ -1,6 +1,7 @@
 """The surrogate evaluator: fitted to recorded evaluations, its error measured on maps it never saw."""
 
 import json
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +15,9 @@ from sklearn.model_selection import KFold
 import rankgym  # noqa: F401  (registers the ids)
 from rankgym.cli import main
 from rankgym.core import ModuleInfo
-from rankgym.evaluators.surrogate import SHIPPED, _model, features, held_out_error, load_table
+from rankgym.errors import ConfigError
+from rankgym.evaluators.surrogate import _model, features, held_out_error, load_table, shipped_table
+from rankgym.registry import SURROGATES
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +68,31 @@ def test_a_table_becomes_an_env_that_answers_in_milliseconds(table):
     assert evaluation["seconds"] == pytest.approx(np.median([e["seconds"] for e in load_table(table)["evaluations"]]))
 
 
-def test_the_shipped_table_is_real_and_its_env_works():
-    data = json.loads(SHIPPED.read_text())
-    assert data["identity"]["backbone"] == "minilm" and data["identity"]["evaluator"].startswith("elastic")
-    assert len(data["evaluations"]) >= 500 and len(data["modules"]) == 36
-    env = gym.make("RankSearch-minilm-sst2-surrogate-v0")
-    _, info = env.reset(seed=0)
-    assert 0.5 < info["metric"] < 1
-    # the env answers with what the table recorded: its predictions rank 200 recorded maps as their real scores do
-    from scipy.stats import kendalltau
+@pytest.mark.parametrize("task", sorted(SURROGATES))
+def test_each_shipped_table_is_real_and_its_env_works_within_the_budget_it_was_recorded_at(task):
+    from rankgym.budget import budget_params
+    from rankgym.core import adapter_params
 
-    names, recorded = env.unwrapped.names, data["evaluations"][:200]
-    predicted = [env.unwrapped.evaluate_map(dict(zip(names, e["ranks"])))["metric"] for e in recorded]
-    real = [e["metric"] for e in recorded]
-    assert kendalltau(predicted, real).statistic > 0.3 and np.mean(np.abs(np.subtract(predicted, real))) < 0.02
+    data = json.loads(shipped_table(task).read_text())
+    assert (data["identity"]["backbone"], data["identity"]["task"]) == ("minilm", task)
+    assert data["identity"]["evaluator"].startswith("elastic") and len(data["evaluations"]) >= 500 and len(data["modules"]) == 36
+    env = gym.make(f"RankSearch-minilm-{task}-surrogate-v0")
+    search = env.unwrapped
+    _, info = env.reset(seed=0)
+    assert math.isfinite(info["metric"])
+    modules = search.modules
+    if SURROGATES[task].get("param_budget"):  # the recorded maps lie within the budget the id defaults to
+        budget = budget_params(SURROGATES[task]["param_budget"], adapter_params(modules, [16] * len(modules)))
+        assert search.budget == budget and all(adapter_params(modules, e["ranks"]) <= budget for e in data["evaluations"])
+    # the env answers with what the table recorded: its predictions rank 200 recorded maps as their real scores do,
+    # closer than the recorded scores' own mean would
+    recorded = data["evaluations"][:200]
+    predicted = [search.evaluate_map(dict(zip(search.names, e["ranks"])))["metric"] for e in recorded]
+    real = np.array([e["metric"] for e in recorded])
+    assert kendalltau(predicted, real).statistic > 0.3
+    assert np.mean(np.abs(predicted - real)) < np.mean(np.abs(real - real.mean()))
+
+
+def test_an_unshipped_task_is_refused_with_the_tables_there_are():
+    with pytest.raises(ConfigError, match=r"rankgym ships no surrogate table for 'rte' \(it has: .*sst2.*\); pass surrogate_table=PATH"):
+        gym.make("RankSearch-minilm-sst2-surrogate-v0", task="rte")

@@ -31,9 +31,9 @@ def build_evaluator(config, k: int = 1):
         return FakeEvaluator(layers=config.fake_layers, hidden=config.fake_hidden, seed=config.seed, profile=config.fake_profile,
                              noise=config.fake_noise, collapse=config.fake_collapse)
     if config.evaluator == "surrogate":
-        from rankgym.evaluators.surrogate import SurrogateEvaluator
+        from rankgym.evaluators.surrogate import SurrogateEvaluator, shipped_table
 
-        return SurrogateEvaluator(config.surrogate_table, seed=config.seed)
+        return SurrogateEvaluator(config.surrogate_table or shipped_table(config.task), seed=config.seed)
     if config.evaluator == "replay":
         from rankgym.evaluators.replay import ReplayEvaluator
 

@@ -29,7 +29,8 @@ from rankgym.evaluators.base import Evaluator
 from rankgym.files import read_json, require
 from rankgym.rankmap import RankMap
 
-SHIPPED = Path(__file__).resolve().parent.parent / "data" / "surrogate-minilm-sst2-elastic.json"
+DATA = Path(__file__).resolve().parent.parent / "data"
+SHIPPED = DATA / "surrogate-minilm-sst2-elastic.json"
 TABLE_FORMAT = "rankgym.surrogate-table"
 
 
@@ -44,6 +45,16 @@ def build_table(store_path: str | Path, backbone: str | None = None, task: str |
             for r in store.evaluations(context) if r["metric"] is not None and math.isfinite(r["metric"])]
     mods = [dict(m.__dict__, spectrum=[float(f"{x:.4g}") for x in m.spectrum]) for m in modules]
     return {"format": TABLE_FORMAT, "identity": identity, "modules": mods, "evaluations": rows}
+
+
+def shipped_table(task: str) -> Path:
+    """The table rankgym ships for MiniLM x ``task`` (see :data:`rankgym.registry.SURROGATES`)."""
+    path = DATA / f"surrogate-minilm-{task}-elastic.json"
+    if not path.is_file():
+        shipped = sorted(p.name.removeprefix("surrogate-minilm-").removesuffix("-elastic.json") for p in DATA.glob("surrogate-minilm-*-elastic.json"))
+        raise ConfigError(f"rankgym ships no surrogate table for {task!r} (it has: {', '.join(shipped)}); pass surrogate_table=PATH, "
+                          f"written by `rankgym surrogate STORE --out PATH`")
+    return path
 
 
 def load_table(path: str | Path) -> dict:
@@ -93,7 +104,7 @@ class SurrogateEvaluator(Evaluator):
     """Answer any map of a recorded context by a model fitted to its evaluations.
 
     Args:
-        table: a surrogate table (default: the shipped MiniLM x SST-2 elastic one).
+        table: a surrogate table (default: the shipped MiniLM x SST-2 elastic one; the env ids pass their task's).
         seed: the regression model's seed.
     """
 
