@@ -47,10 +47,12 @@ def optimum(env_id: str, kwargs: dict) -> float | None:
     """The noise-free best metric within the budget (fake envs only)."""
     import gymnasium as gym
 
+    from rankgym.budget import rank_grid
+
     env = gym.make(env_id, **kwargs).unwrapped
     if env.evaluator.name != "fake":
         return None
-    return env.evaluator.optimum(0.0, list(range(env.min_rank, env.max_rank + 1, env.rank_step)), env.reference_params, env.budget)[1]
+    return env.evaluator.optimum(0.0, rank_grid(env.min_rank, env.max_rank, env.rank_step), env.reference_params, env.budget)[1]
 
 
 def answer_quality(run: Path, env_id: str, kwargs: dict) -> np.ndarray:

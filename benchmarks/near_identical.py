@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 import rankgym  # noqa: F401  (registers the envs)
+from rankgym.budget import rank_grid
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
 
     env = gym.make(args.env_id, device="cpu")
     ev = env.unwrapped.evaluator
-    grid = np.arange(env.unwrapped.min_rank, env.unwrapped.max_rank + 1, env.unwrapped.rank_step)
+    grid = np.array(rank_grid(env.unwrapped.min_rank, env.unwrapped.max_rank, env.unwrapped.rank_step))
     rng = np.random.default_rng(1234)  # the same maps for every seed and every version of the code
     template, n = ev.template(), len(ev.modules)
     diffs, seconds = [], []
