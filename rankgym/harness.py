@@ -95,12 +95,13 @@ def heuristic_starts(env) -> list[tuple[str, list[int]]]:
     (:mod:`rankgym.strategies.heuristics`, kept beside the store). Searches evaluate them first, so a
     search's best score is never behind them; none without a ``param_budget``.
     """
+    from rankgym.registry import MODEL_FREE
     from rankgym.strategies.heuristics import cache_path, heuristic_maps, uniform_label
 
     if env.budget is None:
         return []
     maps = heuristic_maps(env.config, env.modules, env.budget, cache_path(env.config.store),
-                          eva=env.config.evaluator != "fake",  # the fake envs have no model to probe
+                          eva=env.config.evaluator not in MODEL_FREE,  # EVA probes a model these have not
                           make_room=env.evaluator.released)
     return [(uniform_label(env.initial), env.initial.tolist())] + [(label, [ranks[n] for n in env.names]) for label, ranks in maps]
 
@@ -139,10 +140,10 @@ def task_model(args: "SearchArgs", agent: str, recipe: Recipe):
     ``model`` has no adapters yet, ``train_set`` of ``recipe.train_examples`` from the training pool,
     ``val_set`` the score split): what a strategy that trains or probes a real model works on."""
     from rankgym.evaluators.factory import build_evaluator
-    from rankgym.registry import EnvConfig
+    from rankgym.registry import MODEL_FREE, EnvConfig
 
     config = EnvConfig.for_env(args.env_id, args.env_kwargs)
-    if config.evaluator in ("fake", "surrogate", "replay"):
+    if config.evaluator in MODEL_FREE:
         raise ConfigError(f"the {agent} strategy works on a real model; {args.env_id} with the {config.evaluator} evaluator has none")
     config = replace(config, evaluator="finetune", store=None, ray_workers=0, train_examples=recipe.train_examples, lr=recipe.lr)
     return build_evaluator(config)

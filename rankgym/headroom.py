@@ -102,13 +102,14 @@ def headroom(config, seeds: Sequence[int] = (0, 1), on_seed=None) -> Headroom:
     from dataclasses import replace
 
     from rankgym.budget import budget_params
-    from rankgym.errors import ConfigError
     from rankgym.core import adapter_params
+    from rankgym.errors import ConfigError
     from rankgym.evaluators.factory import build_evaluator
+    from rankgym.registry import MODEL_FREE
 
     if config.param_budget is None:
         raise ConfigError("headroom compares against a parameter budget: give --param-budget (a fraction of uniform max_rank, or a count)")
-    if config.evaluator in ("fake", "surrogate", "replay"):
+    if config.evaluator in MODEL_FREE:
         raise ConfigError(f"headroom trains elastic adapters on a real model; the {config.evaluator} evaluator has none")
     scores = None
     for seed in seeds:

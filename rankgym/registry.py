@@ -26,6 +26,7 @@ from rankgym.tasks import TASKS
 ENTRY_POINT = "rankgym.registry:make_rank_search_env"
 VECTOR_ENTRY_POINT = "rankgym.registry:make_rank_search_vector_env"
 EVALUATORS = ("finetune", "warmstart", "batched", "elastic", "fake", "replay", "surrogate")
+MODEL_FREE = ("fake", "surrogate", "replay")  # the evaluators with no model to train or probe
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The surrogate evaluator: fitted to recorded evaluations, its error measured on maps it never saw."""
 
+import csv
 import json
 import math
 
@@ -96,3 +97,14 @@ def test_each_shipped_table_is_real_and_its_env_works_within_the_budget_it_was_r
 def test_an_unshipped_task_is_refused_with_the_tables_there_are():
     with pytest.raises(ConfigError, match=r"rankgym ships no surrogate table for 'rte' \(it has: .*sst2.*\); pass surrogate_table=PATH"):
         gym.make("RankSearch-minilm-sst2-surrogate-v0", task="rte")
+
+
+def test_a_budgeted_surrogate_search_starts_from_the_heuristics_that_need_no_model_or_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANKGYM_DATA_DIR", str(tmp_path / "no-data"))  # EVA would need the model and SST-2
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["search", "RankSearch-minilm-sst2-surrogate-v0", "--agent", "tpe", "--budget", "6",
+                                       "--param-budget", "0.1", "--out", str(run), "--no-report", "--no-promote"])
+    assert result.exit_code == 0, result.output
+    with (run / "steps.csv").open() as f:
+        labels = [row["label"] for row in csv.DictReader(f)]
+    assert labels[0].startswith("uniform-") and labels[1].startswith("prilora-") and not any(label.startswith("eva") for label in labels)
