@@ -3,6 +3,7 @@
     rankgym search RankSearch-minilm-sst2-v0 --agent ppo --budget 128 --param-budget 0.4
     python agents/ppo.py --env-id RankSearch-fake-calibrated-v0 --budget 128 --env param_budget=0.4
     python agents/ppo.py --pretrain rankgym/data/ppo-modules.zip      # regenerate the shipped policy
+    python agents/ppo.py --pretrain runs/ppo-no-cola.zip --pretrain-surrogates sst2   # fakes and SST-2's real scores; test on CoLA
 
 An episode walks the modules once and chooses each one's rank from that module's features and
 the budget spent so far (:class:`~rankgym.envs.allocation.RankAllocationEnv`); the finished map
@@ -12,7 +13,10 @@ never sees the whole model, so one policy acts on any backbone, whatever its mod
 The shipped policy (``rankgym/data/ppo-modules.zip``) was trained by :func:`pretrain` on calibrated
 and separable fake environments of 2-8 blocks, widths 128-384, budgets of 10-70 % and seeds from
 100 on: never the benchmark's seeds (0-9, 1000-1009) nor its unseen size (10 blocks, width 512).
-A search evaluates the policy's most likely map first and, under a parameter budget, the free
+``--pretrain-surrogates`` mixes the shipped real-score tables of the tasks named
+(:data:`rankgym.registry.SURROGATES`, ``--surrogate-share`` of the episodes) into pretraining; leave
+a task out to test the policy on a task it never saw (the observation holds module and budget
+features, never the task). A search evaluates the policy's most likely map first and, under a parameter budget, the free
 heuristics at it (uniform, PRILoRA, EVA), then keeps learning on the target (``--pretrained none``
 starts from a random policy instead).
 """
@@ -41,6 +45,8 @@ class Args(SearchArgs):
     ent_coef: float = 0.01
     pretrain: str | None = None  # write a pretrained policy to this path instead of searching
     pretrain_steps: int = 600_000  # module choices (episode steps) of pretraining
+    pretrain_surrogates: str = ""  # shipped real-score tables mixed into pretraining, by task ("sst2,cola"; leave a task out to test on it)
+    surrogate_share: float = 0.5  # share of pretraining episodes drawn from those tables (the rest: fake environments)
 
 
 def _ppo(env, args: Args, n_steps: int, learning_rate: float, seed: int):
@@ -103,19 +109,32 @@ def run(args: Args) -> dict[str, Any]:
     return finish_search(run_dir, env, started, progress, args)
 
 
-def pretraining_env(seed: int):
-    """A fresh fake environment per episode: profile, size, width, budget and seed drawn from ``seed``'s generator."""
+def pretraining_env(seed: int, surrogates: tuple[str, ...] = (), share: float = 0.0):
+    """A fresh environment per episode, drawn from ``seed``'s generator: with probability ``share``
+    the surrogate of one of the ``surrogates`` tasks (real elastic scores, at the budget its table
+    was recorded at, or a random one where it has none), else a fake one (profile, size, width,
+    budget and seed drawn)."""
     import gymnasium as gym
 
     from rankgym.envs.allocation import RankAllocationEnv
+    from rankgym.envs.rank_search import RankSearchEnv
+    from rankgym.evaluators.surrogate import SurrogateEvaluator, shipped_table
+    from rankgym.registry import SURROGATES
 
     class Randomised(gym.Env):
         def __init__(self) -> None:
             self.rng = np.random.default_rng(seed)
+            self.tables = {task: SurrogateEvaluator(shipped_table(task)) for task in surrogates}  # fitted once, shared by episodes
             self.env = self._draw()
             self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
 
         def _draw(self) -> RankAllocationEnv:
+            if self.tables and self.rng.random() < share:
+                task = list(self.tables)[int(self.rng.integers(len(self.tables)))]
+                recorded = SURROGATES[task]
+                budget = recorded.get("param_budget") or float(self.rng.uniform(0.1, 0.7))
+                return RankAllocationEnv(RankSearchEnv(self.tables[task], param_budget=budget, rank_step=recorded.get("rank_step", 2),
+                                                       max_rank=16, initial_rank=8))
             profile = "calibrated" if self.rng.random() < 0.8 else "separable"
             kwargs = dict(fake_profile=profile, fake_layers=int(self.rng.choice([2, 3, 4, 6, 8])),
                           fake_hidden=int(self.rng.choice([128, 256, 384])), seed=int(self.rng.integers(100, 10**6)),
@@ -133,17 +152,26 @@ def pretraining_env(seed: int):
 
 
 def pretrain(args: Args) -> dict[str, Any]:
-    """Train a policy on many fake environments and save it to ``args.pretrain``."""
+    """Train a policy on many fake environments (and ``args.pretrain_surrogates``' real-score tables) and
+    save it to ``args.pretrain``."""
     import torch
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    from rankgym.evaluators.surrogate import shipped_table
+
+    surrogates = tuple(t.strip() for t in args.pretrain_surrogates.split(",") if t.strip())
+    for task in surrogates:
+        shipped_table(task)  # an unknown task is refused before minutes of training
+    if not 0 <= args.surrogate_share <= 1:
+        raise ConfigError(f"surrogate_share is a share of episodes in [0, 1], got {args.surrogate_share}")
     torch.manual_seed(args.seed)
     started = time.time()
-    venv = DummyVecEnv([pretraining_env(args.seed * 100 + i) for i in range(8)])
+    venv = DummyVecEnv([pretraining_env(args.seed * 100 + i, surrogates, args.surrogate_share) for i in range(8)])
     model = _ppo(venv, args, n_steps=256, learning_rate=3e-4, seed=args.seed)
     model.learn(total_timesteps=args.pretrain_steps, progress_bar=True)
     model.save(args.pretrain)
-    return {"policy": args.pretrain, "steps": args.pretrain_steps, "seconds": round(time.time() - started, 1)}
+    return {"policy": args.pretrain, "steps": args.pretrain_steps, "surrogates": list(surrogates), "surrogate_share": args.surrogate_share,
+            "seconds": round(time.time() - started, 1)}
 
 
 if __name__ == "__main__":

@@ -113,3 +113,46 @@ def test_ppo_steps_hyperparameters_are_package_data_merged_default_then_env_then
     merged = ppo_steps.hyperparameters("RankSearch-tiny-sst2-v0", {"gamma": 0.5})
     assert (merged["n_steps"], merged["batch_size"], merged["learning_rate"], merged["gamma"]) == (16, 16, 0.0003, 0.5)
     assert ppo_steps.hyperparameters("RankSearch-unlisted-v0", {})["n_steps"] == 32  # the default entry alone
+
+
+def test_pretraining_draws_the_shipped_surrogates_at_their_share_and_the_fakes_otherwise():
+    from rankgym.evaluators.fake import FakeEvaluator
+    from rankgym.evaluators.surrogate import SurrogateEvaluator
+
+    def draws(share: float, n: int = 120) -> list:
+        env = ppo.pretraining_env(7, ("sst2",), share)()
+        found = []
+        for _ in range(n):
+            env.reset()
+            found.append(env.env.search)
+        return found
+
+    assert all(isinstance(s.evaluator, FakeEvaluator) for s in draws(0.0, 20))
+    real = draws(1.0, 20)
+    assert all(isinstance(s.evaluator, SurrogateEvaluator) and len(s.modules) == 36 for s in real)
+    assert all(0.1 * s.reference_params <= s.budget <= 0.7 * s.reference_params for s in real)  # SST-2's table has no budget: drawn
+    assert len({s.budget for s in real}) > 10
+    mixed = sum(isinstance(s.evaluator, SurrogateEvaluator) for s in draws(0.5))
+    assert 35 <= mixed <= 85  # Binomial(120, 0.5): outside this with probability about 1e-5
+
+
+def test_pretraining_refuses_a_task_without_a_shipped_table_before_training(tmp_path):
+    from rankgym.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ships no surrogate table for 'rte'"):
+        ppo.run(ppo.Args(pretrain=str(tmp_path / "p.zip"), pretrain_surrogates="sst2,rte"))
+    assert not (tmp_path / "p.zip").exists()
+
+
+def test_a_policy_pretrained_on_fakes_and_a_real_score_table_loads_and_acts_on_the_held_out_task(tmp_path):
+    from stable_baselines3 import PPO
+
+    out = tmp_path / "policy.zip"
+    result = ppo.run(ppo.Args(pretrain=str(out), pretrain_steps=2048, pretrain_surrogates="sst2", surrogate_share=0.5))
+    assert result["surrogates"] == ["sst2"] and out.is_file()
+    policy = PPO.load(str(out), device="cpu")
+    env = RankAllocationEnv(gym.make("RankSearch-fake-calibrated-v0", param_budget=0.3, seed=3).unwrapped)  # a task it never saw
+    obs, _ = env.reset(seed=0)
+    for _ in range(env.n_modules):
+        obs, _, terminated, _, info = env.step(int(policy.predict(obs, deterministic=True)[0]))
+    assert terminated and info["params"] <= env.search.budget
