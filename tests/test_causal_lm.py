@@ -334,3 +334,16 @@ def test_an_unpromoted_causal_lm_run_exports_a_causal_lm_config_and_reports(sums
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
     report = CliRunner().invoke(main, ["report", str(run), "--out", str(tmp_path / "report")])
     assert report.exit_code == 0 and (tmp_path / "report" / "report.md").is_file(), report.output
+
+
+def test_released_keeps_a_causal_lms_tied_embeddings_and_its_numbers(sums):
+    ev = FinetuneEvaluator(backbone="tiny", task=str(sums), recipe=RECIPE, device="cpu", max_rank=4)
+    inputs, outputs = ev.model.get_input_embeddings(), ev.model.get_output_embeddings()
+    assert outputs.weight is inputs.weight  # the tiny decoder ties them, as GPT-2 does
+    rank_map = ev.template().replace({m.name: 2 for m in ev.modules})
+    first = ev.evaluate(rank_map)
+    with ev.released():
+        assert inputs.weight.numel() == 0 and sum(p.numel() for p in ev.model.parameters()) == 0
+    assert outputs.weight is inputs.weight and inputs.weight.shape == (ev.tokenizer.vocab_size, ev.model.config.hidden_size)
+    again = ev.evaluate(rank_map)
+    assert (again.metric, again.val_loss) == (first.metric, first.val_loss)
