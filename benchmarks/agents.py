@@ -2,6 +2,7 @@
 
     python benchmarks/agents.py                          # 10 seeds, up to 512 evaluations
     python benchmarks/agents.py --seeds 0 1 2 --budgets 32 128 --agents random tpe
+    python benchmarks/agents.py --envs --held-out cola=runs/ppo-no-cola.zip --agents random tpe ppo-fold ppo-scratch uniform prilora
 
 Environments, all at ``param_budget=0.4`` (reward = metric at 40 % of uniform-16's parameters):
 (a) ``fake``: the calibrated fake (MiniLM's shape, fitted to real MiniLM x SST-2 scores; noise and
@@ -22,6 +23,13 @@ surrogate (deterministic) its score. Prints its median and interquartile range p
 environment and budget, the exact optimum of the fake envs at the budget, and a Wilcoxon signed-rank test (paired by
 seed) of each PPO agent against random search and against TPE; plots best-so-far against
 evaluations (``--out``).
+
+Leave-one-task-out (``--held-out TASK=POLICY``, repeatable): the env ``held-out-TASK`` is the
+shipped surrogate of TASK (``RankSearch-minilm-TASK-surrogate-v0``, at the budget its table was
+recorded at) and ``ppo-fold`` is the PPO agent starting from POLICY, a policy pretrained without
+TASK (``python agents/ppo.py --pretrain POLICY --pretrain-surrogates`` with the other tasks).
+``ppo-fold`` runs on held-out envs only; the uniform and PRILoRA rows are the free heuristics
+there (EVA needs the model, which a surrogate has not).
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ ENVS = {
     "surrogate": lambda s: ("RankSearch-minilm-sst2-surrogate-v0", {"seed": s, "param_budget": 0.4}),
     "fake-unseen": lambda s: ("RankSearch-fake-calibrated-v0", {"seed": 1000 + s, "fake_layers": 10, "fake_hidden": 512, "param_budget": 0.4}),
 }
-PPO_AGENTS = ("ppo", "ppo-scratch", "ppo-steps")
+PPO_AGENTS = ("ppo", "ppo-fold", "ppo-scratch", "ppo-steps")
+HELD_OUT = "held-out-"  # the prefix of a leave-one-task-out env's name
 
 
 def optimum(env_id: str, kwargs: dict) -> float | None:
@@ -71,15 +80,15 @@ def answer_quality(run: Path, env_id: str, kwargs: dict) -> np.ndarray:
     return np.array([truth[i] for i in best])
 
 
-def run_agent(agent: str, env_id: str, env_kwargs: dict, seed: int, budget: int, out: Path) -> np.ndarray:
-    """One search; returns its answer-quality curve."""
+def run_agent(agent: str, env_id: str, env_kwargs: dict, seed: int, budget: int, out: Path, policy: str | None = None) -> np.ndarray:
+    """One search (``policy``: the fold's pretrained policy, for ``ppo-fold``); returns its answer-quality curve."""
     from rankgym.agents import baselines, ppo, ppo_steps, random_search, tpe
 
     common = dict(env_id=env_id, budget=budget, seed=seed, out=str(out), env_kwargs=env_kwargs, promote=0)
     if agent in ("uniform", "presets", "spectral", "prilora"):
         baselines.run(baselines.Args(**common, family=agent))
-    elif agent in ("ppo", "ppo-scratch"):
-        ppo.run(ppo.Args(**common, pretrained="shipped" if agent == "ppo" else "none"))
+    elif agent in ("ppo", "ppo-scratch", "ppo-fold"):
+        ppo.run(ppo.Args(**common, pretrained={"ppo": "shipped", "ppo-scratch": "none", "ppo-fold": policy}[agent]))
     else:
         module = {"ppo-steps": ppo_steps, "random": random_search, "tpe": tpe}[agent]
         module.run(module.Args(**common))
@@ -91,9 +100,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--budgets", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--agents", nargs="+", default=["random", "tpe", "ppo", "ppo-scratch", "ppo-steps", "uniform", "presets", "spectral", "prilora"])
-    parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    parser.add_argument("--envs", nargs="*", default=list(ENVS), choices=list(ENVS))
+    parser.add_argument("--held-out", nargs="+", default=[], metavar="TASK=POLICY",
+                        help="a task's shipped surrogate as an env, searched by ppo-fold from POLICY (pretrained without TASK)")
     parser.add_argument("--out", default="runs/agents")
     args = parser.parse_args()
+    from rankgym.registry import SURROGATES
+
+    policies = dict(item.split("=", 1) for item in args.held_out)
+    for task, policy in policies.items():  # at the budget its table was recorded at, else the others' 0.4
+        budget = {} if SURROGATES.get(task, {}).get("param_budget") else {"param_budget": 0.4}
+        ENVS[HELD_OUT + task] = lambda s, task=task, budget=budget: (f"RankSearch-minilm-{task}-surrogate-v0", {"seed": s, **budget})
+        if not Path(policy).is_file():
+            parser.error(f"no policy at {policy}; pretrain one without {task}: python agents/ppo.py --pretrain {policy} --pretrain-surrogates ...")
+    args.envs += [HELD_OUT + task for task in policies]
 
     from scipy.stats import wilcoxon
     from tqdm.auto import tqdm
@@ -102,22 +122,27 @@ def main() -> None:
 
     top = max(args.budgets)
     curves: dict[tuple[str, str], list[np.ndarray]] = {}
-    jobs = [(e, a, s) for e in args.envs for a in args.agents for s in args.seeds]
+    def agents_of(env: str) -> list[str]:
+        return [a for a in args.agents if a != "ppo-fold" or env.startswith(HELD_OUT)]
+
+    jobs = [(e, a, s) for e in args.envs for a in agents_of(e) for s in args.seeds]
     with tempfile.TemporaryDirectory() as tmp, tqdm(jobs, desc="runs", unit="run") as bar:
         for env, agent, seed in bar:
             env_id, kwargs = ENVS[env](seed)
-            curve = run_agent(agent, env_id, kwargs, seed, top, Path(tmp) / f"{env}-{agent}-{seed}")
+            policy = policies.get(env.removeprefix(HELD_OUT))
+            curve = run_agent(agent, env_id, kwargs, seed, top, Path(tmp) / f"{env}-{agent}-{seed}", policy)
             curves.setdefault((env, agent), []).append(curve)
 
     def best_at(curve: np.ndarray, n: int) -> float:
         return float(curve[min(n, len(curve)) - 1])
 
     table = []
-    print(f"\nquality of the answer (metric at param_budget 0.4; noise-free on the fake envs), median [IQR] over seeds {args.seeds}")
+    print(f"\nquality of the answer (metric at param_budget 0.4, a held-out table's own budget; noise-free on the fake envs), "
+          f"median [IQR] over seeds {args.seeds}")
     for env in args.envs:
         best = [optimum(*ENVS[env](s)) for s in args.seeds]
         print(f"\n{env}" + (f"  (optimum at the budget: median {np.median(best):.4f})" if best[0] is not None else ""))
-        for agent in args.agents:
+        for agent in agents_of(env):
             row = {"env": env, "agent": agent}
             cells = []
             for n in args.budgets:
@@ -128,7 +153,7 @@ def main() -> None:
             table.append(row)
             print(f"  {agent:9s} " + "   ".join(cells))
         for agent, other in ((a, o) for a in PPO_AGENTS for o in ("random", "tpe")):
-            if agent in args.agents and other in args.agents and len(args.seeds) >= 5:
+            if agent in agents_of(env) and other in agents_of(env) and len(args.seeds) >= 5:
                 for n in args.budgets:
                     a = [best_at(c, n) for c in curves[(env, agent)]]
                     b = [best_at(c, n) for c in curves[(env, other)]]
@@ -146,7 +171,7 @@ def main() -> None:
 
     fig, axes = plt.subplots(1, len(args.envs), figsize=(5 * len(args.envs), 4), squeeze=False)
     for ax, env in zip(axes[0], args.envs):
-        for agent in args.agents:
+        for agent in agents_of(env):
             runs = curves[(env, agent)]
             length = min(len(c) for c in runs)
             median = np.median(np.stack([c[:length] for c in runs]), axis=0)
