@@ -178,6 +178,7 @@ SURROGATE_ID = "RankSearch-minilm-sst2-surrogate-v0"  # the first shipped table:
 # within a budget covers that budget only (its env id defaults to it, on the grid it was scored on).
 SURROGATES: dict[str, dict[str, Any]] = {
     "sst2": {},  # 1,000 random maps of ranks 0..16 in steps of 2, no budget
+    "cola": dict(param_budget=16588, rank_step=1),  # 5 % of uniform rank 8, where CoLA's headroom is largest: 501 maps
 }
 
 
