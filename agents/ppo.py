@@ -116,25 +116,27 @@ def pretraining_env(seed: int, surrogates: tuple[str, ...] = (), share: float = 
     budget and seed drawn)."""
     import gymnasium as gym
 
+    from dataclasses import replace
+
     from rankgym.envs.allocation import RankAllocationEnv
-    from rankgym.envs.rank_search import RankSearchEnv
-    from rankgym.evaluators.surrogate import SurrogateEvaluator, shipped_table
-    from rankgym.registry import SURROGATES
+    from rankgym.registry import EnvConfig, build_env, build_evaluator
+
+    configs = {task: EnvConfig.for_env(f"RankSearch-minilm-{task}-surrogate-v0", {}) for task in surrogates}
 
     class Randomised(gym.Env):
         def __init__(self) -> None:
             self.rng = np.random.default_rng(seed)
-            self.tables = {task: SurrogateEvaluator(shipped_table(task)) for task in surrogates}  # fitted once, shared by episodes
+            self.tables = {task: build_evaluator(config) for task, config in configs.items()}  # fitted once, shared by episodes
             self.env = self._draw()
             self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
 
         def _draw(self) -> RankAllocationEnv:
             if self.tables and self.rng.random() < share:
                 task = list(self.tables)[int(self.rng.integers(len(self.tables)))]
-                recorded = SURROGATES[task]
-                budget = recorded.get("param_budget") or float(self.rng.uniform(0.1, 0.7))
-                return RankAllocationEnv(RankSearchEnv(self.tables[task], param_budget=budget, rank_step=recorded.get("rank_step", 2),
-                                                       max_rank=16, initial_rank=8))
+                config = configs[task]  # its id's defaults: the budget and grid its table was recorded at
+                if config.param_budget is None:
+                    config = replace(config, param_budget=float(self.rng.uniform(0.1, 0.7)))
+                return RankAllocationEnv(build_env(config, self.tables[task]))
             profile = "calibrated" if self.rng.random() < 0.8 else "separable"
             kwargs = dict(fake_profile=profile, fake_layers=int(self.rng.choice([2, 3, 4, 6, 8])),
                           fake_hidden=int(self.rng.choice([128, 256, 384])), seed=int(self.rng.integers(100, 10**6)),

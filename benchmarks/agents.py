@@ -108,9 +108,10 @@ def main() -> None:
     from rankgym.registry import SURROGATES
 
     policies = dict(item.split("=", 1) for item in args.held_out)
+    envs = dict(ENVS)  # the named envs, then the held-out tasks'
     for task, policy in policies.items():  # at the budget its table was recorded at, else the others' 0.4
         budget = {} if SURROGATES.get(task, {}).get("param_budget") else {"param_budget": 0.4}
-        ENVS[HELD_OUT + task] = lambda s, task=task, budget=budget: (f"RankSearch-minilm-{task}-surrogate-v0", {"seed": s, **budget})
+        envs[HELD_OUT + task] = lambda s, task=task, budget=budget: (f"RankSearch-minilm-{task}-surrogate-v0", {"seed": s, **budget})
         if not Path(policy).is_file():
             parser.error(f"no policy at {policy}; pretrain one without {task}: python agents/ppo.py --pretrain {policy} --pretrain-surrogates ...")
     args.envs += [HELD_OUT + task for task in policies]
@@ -128,7 +129,7 @@ def main() -> None:
     jobs = [(e, a, s) for e in args.envs for a in agents_of(e) for s in args.seeds]
     with tempfile.TemporaryDirectory() as tmp, tqdm(jobs, desc="runs", unit="run") as bar:
         for env, agent, seed in bar:
-            env_id, kwargs = ENVS[env](seed)
+            env_id, kwargs = envs[env](seed)
             policy = policies.get(env.removeprefix(HELD_OUT))
             curve = run_agent(agent, env_id, kwargs, seed, top, Path(tmp) / f"{env}-{agent}-{seed}", policy)
             curves.setdefault((env, agent), []).append(curve)
@@ -140,7 +141,7 @@ def main() -> None:
     print(f"\nquality of the answer (metric at param_budget 0.4, a held-out table's own budget; noise-free on the fake envs), "
           f"median [IQR] over seeds {args.seeds}")
     for env in args.envs:
-        best = [optimum(*ENVS[env](s)) for s in args.seeds]
+        best = [optimum(*envs[env](s)) for s in args.seeds]
         print(f"\n{env}" + (f"  (optimum at the budget: median {np.median(best):.4f})" if best[0] is not None else ""))
         for agent in agents_of(env):
             row = {"env": env, "agent": agent}

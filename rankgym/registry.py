@@ -255,7 +255,7 @@ def build_evaluator(config: EnvConfig, k: int = 1):
 def make_rank_search_env(env_id: str = "RankSearch", **kwargs: Any):
     """Entry point of every registered id: validate kwargs, build the evaluator, then the env."""
     config = EnvConfig.from_kwargs(kwargs, env_id)
-    return _env(config, build_evaluator(config))
+    return build_env(config, build_evaluator(config))
 
 
 def make_batched_episodes(num_envs: int, env_id: str = "RankSearch", on_evaluation=None, **kwargs: Any):
@@ -268,8 +268,8 @@ def make_batched_episodes(num_envs: int, env_id: str = "RankSearch", on_evaluati
     if config.evaluator in ("warmstart", "replay"):
         raise ConfigError(f"the {config.evaluator} evaluator cannot be shared by vector environments; use finetune or fake")
     evaluator = build_evaluator(config, k=num_envs)
-    first = _env(config, evaluator)
-    envs = [first] + [_env(config, evaluator, store=first.store) for _ in range(num_envs - 1)]
+    first = build_env(config, evaluator)
+    envs = [first] + [build_env(config, evaluator, store=first.store) for _ in range(num_envs - 1)]
     return BatchedEpisodes(envs, on_evaluation)
 
 
@@ -281,7 +281,8 @@ def make_rank_search_vector_env(num_envs: int = 1, env_id: str = "RankSearch", *
     return RankSearchVectorEnv(make_batched_episodes(num_envs, env_id, **kwargs))
 
 
-def _env(config: EnvConfig, evaluator, store=None):
+def build_env(config: EnvConfig, evaluator, store=None):
+    """The environment of ``config`` on an evaluator already built (one evaluator can serve several envs)."""
     from rankgym.envs.rank_search import RankSearchEnv
 
     env = RankSearchEnv(
