@@ -40,8 +40,9 @@ class EnvConfig:
     ``device``, ``seed``, training budget (``train_examples``, ``batch_size``, ``lr``,
     ``max_grad_norm``, ``val_examples``, ``warm_examples``), the alpha policy (``alpha``,
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
-    training file), ``elastic_examples`` and ``sandwich`` for the elastic evaluator (its one
-    training run, at the full recipe's learning rate; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
+    training file), ``elastic_examples``, ``sandwich`` and ``elastic_draws`` for the elastic evaluator (its one
+    training run, at the full recipe's learning rate; ``elastic_draws='budget'`` trains on draws projected onto
+    ``param_budget``; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
     ``fake_hidden``, ``fake_profile`` (separable or calibrated), ``fake_noise`` and ``fake_collapse`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
     table rankgym ships for the task, :data:`SURROGATES`), ``target_modules`` (PEFT-style names or regexes to
     adapt), ``dtype`` (the frozen base's: fp32, bf16, fp16) and ``metric`` (what scores a map, instead of
@@ -66,6 +67,7 @@ class EnvConfig:
     score_examples: int | None = None
     elastic_examples: int = 16384
     sandwich: bool = True
+    elastic_draws: str = "grid"  # "budget": the adapter's draws projected onto param_budget (ElasticEvaluator.draw_budget)
     model_name_or_path: str | None = None
     target_modules: list[str] | None = None
     dtype: str = "fp32"
@@ -119,6 +121,11 @@ class EnvConfig:
             raise ConfigError(f"lr must be > 0, got {config.lr}")
         if config.alpha_mode not in ("fixed", "ratio"):
             raise ConfigError(f"alpha_mode must be 'fixed' (scale alpha / r) or 'ratio' (scale alpha at every rank), got {config.alpha_mode!r}")
+        if config.elastic_draws not in ("grid", "budget"):
+            raise ConfigError(f"elastic_draws must be 'grid' (every module draws from the rank grid) or 'budget' (the draws projected "
+                              f"onto param_budget), got {config.elastic_draws!r}")
+        if config.elastic_draws == "budget" and config.param_budget is None:
+            raise ConfigError("elastic_draws='budget' projects the elastic adapter's draws onto param_budget: pass a param_budget too")
         if config.fake_profile not in ("separable", "calibrated"):
             raise ConfigError(f"fake_profile must be 'separable' or 'calibrated' (fitted to real MiniLM x SST-2 scores), got {config.fake_profile!r}")
         return config

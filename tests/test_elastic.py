@@ -144,6 +144,53 @@ def test_the_elastic_env_answers_from_its_store_and_every_agent_can_use_it(sst2_
     assert json.loads((run / "summary.json").read_text())["evaluations"] == 6
 
 
+def drawn_maps(evaluator, monkeypatch):
+    """The maps the elastic adapter trains on, one per optimizer step, as {module: rank}."""
+    import rankgym.evaluators.elastic as module
+
+    maps, train = [], module.finetune
+
+    def recording(*args, before_step, **kwargs):
+        def step(i):
+            before_step(i)
+            maps.append({name: layer.rank for name, layer in lora_layers(evaluator.model).items()})
+        return train(*args, before_step=step, **kwargs)
+
+    monkeypatch.setattr(module, "finetune", recording)
+    evaluator.ensure_trained()
+    return maps
+
+
+@pytest.mark.parametrize("draws", ["grid", "budget"])
+def test_budget_draws_train_the_adapter_on_maps_within_the_budget_and_the_sandwich_at_full_rank(sst2_dir, monkeypatch, draws):
+    from rankgym.core import adapter_params
+
+    evaluator = elastic(sst2_dir, rank_step=1, draw_budget=0.1 if draws == "budget" else None)
+    maps = drawn_maps(evaluator, monkeypatch)
+    infos = {m.name: m for m in evaluator.modules}
+    cost = [adapter_params([infos[n] for n in m], list(m.values())) for m in maps]
+    limit = int(0.1 * adapter_params(evaluator.modules, [8] * len(evaluator.modules)))  # the env's rule for a fraction
+    assert len(maps) == RECIPE.train_examples // RECIPE.batch_size
+    assert all(set(m.values()) == {8} for m in maps[::2])  # the sandwich steps
+    drawn = cost[1::2]
+    if draws == "budget":
+        assert all(c <= limit for c in drawn) and any(c > 0 for c in drawn)
+        assert evaluator.identity()["draw_budget"] == 0.1
+    else:  # independent draws from 0..8 on 8 modules exceed a tenth of uniform 8 (every draw here does)
+        assert all(c > limit for c in drawn)
+        assert "draw_budget" not in evaluator.identity()
+
+
+def test_budget_draws_need_a_budget():
+    from rankgym.errors import ConfigError
+    from rankgym.registry import EnvConfig
+
+    with pytest.raises(ConfigError, match="pass a param_budget too"):
+        EnvConfig.from_kwargs({"evaluator": "elastic", "elastic_draws": "budget"})
+    with pytest.raises(ConfigError, match="elastic_draws must be 'grid'"):
+        EnvConfig.from_kwargs({"evaluator": "elastic", "elastic_draws": "within", "param_budget": 0.1})
+
+
 def test_maps_above_the_elastic_max_rank_are_refused(sst2_dir):
     evaluator = elastic(sst2_dir)
     with pytest.raises(ValueError, match="holds ranks up to 8"):

@@ -6,7 +6,11 @@ module's adapter off for the step) and uses the prefix of its factors, so the fi
 of every module learn to work as a rank-r adapter next to any ranks of the others (the nested
 prefixes of DyLoRA, with the independent per-module draws of the neural low-rank adapter search
 in IntelLabs' SQFT / NNCF). With ``sandwich=True`` every other step uses the full rank everywhere
-(the sandwich rule of slimmable networks), which keeps the large prefixes trained. The task head
+(the sandwich rule of slimmable networks), which keeps the large prefixes trained. With a
+``draw_budget`` the drawn map is projected onto that parameter budget by the env's own rule
+(:func:`rankgym.budget.project`), so the adapter trains on the maps a budgeted search scores: under
+a budget below uniform rank 1 independent draws almost never leave most modules off, and the rank-1
+prefixes of such maps were scored far from what they reach when trained alone. The task head
 is shared. The scale of a prefix is ``lora_scale(r)`` of the alpha policy, in training and in
 scoring alike.
 
@@ -37,8 +41,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rankgym.backbones import head_modules
-from rankgym.budget import rank_grid
-from rankgym.core import Evaluation
+from rankgym.budget import budget_params, project, rank_grid
+from rankgym.core import Evaluation, adapter_params
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.inject import lora_layers
 from rankgym.rankmap import RankMap
@@ -53,6 +57,8 @@ class ElasticEvaluator(FinetuneEvaluator):
     Args:
         min_rank / rank_step: with ``max_rank``, the grid every module draws its rank from.
         sandwich: every other training step at full rank on every module.
+        draw_budget: draws projected onto this parameter budget (a fraction of uniform ``max_rank``'s
+            adapter parameters, or a count, as the env's ``param_budget``); None: the grid's draws as they are.
         cache_dir: folder where the trained adapter is saved and looked for (None: kept in memory only).
         merge: score with each slice merged into the frozen weights (None: on a CPU only; see ``__init__``).
         **kwargs: as :class:`FinetuneEvaluator`; its ``recipe`` is the elastic adapter's one training run.
@@ -61,21 +67,24 @@ class ElasticEvaluator(FinetuneEvaluator):
     name = "elastic"
     version = 3  # 3: BERT's pooler trains with the head; 2: factors seeded per module, scoring on merged weights
 
-    def __init__(self, *args: Any, min_rank: int = 0, rank_step: int = 2, sandwich: bool = True,
+    def __init__(self, *args: Any, min_rank: int = 0, rank_step: int = 2, sandwich: bool = True, draw_budget: float | None = None,
                  cache_dir: str | Path | None = None, merge: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Merging makes the scoring forward a plain one (15 % faster on a CPU) but keeps a copy of every
         # adapted weight to restore from: on a GPU, where memory is what runs out, score through the adapters.
         self.merge = self.device.type == "cpu" if merge is None else merge
         self.grid = rank_grid(min_rank, self.max_rank, rank_step)
+        self.min_rank, self.rank_step = min_rank, rank_step
         self.sandwich = sandwich
+        self.draw_budget = draw_budget
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.training_seconds: float | None = None  # what training the adapter cost (also when it was loaded)
         self.source: str | None = None  # "trained", "loaded" (from its file) or "shipped" (by a Ray pool)
         self._frozen: dict[str, torch.Tensor] | None = None
 
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "evaluator": f"{self.name}-v{self.version}", "grid": self.grid, "sandwich": self.sandwich}
+        budget = {"draw_budget": self.draw_budget} if self.draw_budget is not None else {}  # absent: the identities stored before it
+        return {**super().identity(), "evaluator": f"{self.name}-v{self.version}", "grid": self.grid, "sandwich": self.sandwich, **budget}
 
     @property
     def adapter_path(self) -> Path | None:
@@ -104,13 +113,22 @@ class ElasticEvaluator(FinetuneEvaluator):
                 return
             start = time.perf_counter()
             init_adapters(self.model, self.seed)
-            layers = list(lora_layers(self.model).values())
+            named = lora_layers(self.model)
+            layers = list(named.values())
             rng = np.random.default_rng(self.seed)
+            infos, limit = [{m.name: m for m in self.modules}[n] for n in named], None
+            if self.draw_budget is not None:
+                limit = budget_params(self.draw_budget, adapter_params(infos, [self.max_rank] * len(infos)))
 
             def draw(step: int) -> None:
-                full = self.sandwich and step % 2 == 0
-                for layer, rank in zip(layers, rng.choice(self.grid, size=len(layers))):
-                    layer.use_prefix(self.max_rank if full else int(rank))
+                if self.sandwich and step % 2 == 0:
+                    ranks = np.full(len(layers), self.max_rank)
+                else:
+                    ranks = rng.choice(self.grid, size=len(layers))
+                    if limit is not None:
+                        ranks = project(ranks, infos, limit, self.min_rank, self.rank_step)
+                for layer, rank in zip(layers, ranks):
+                    layer.use_prefix(int(rank))
 
             # finetune ends with a validation pass; one example keeps it cheap (maps are scored one by one later)
             self.last_result = finetune(self.model, self.train_set, self.val_set.take([0]), self.tokenizer.pad_token_id,

@@ -53,7 +53,8 @@ def build_evaluator(config, k: int = 1):
         common["recipe"] = replace(full_recipe(config.task, train_examples=config.elastic_examples, batch_size=config.batch_size,
                                                val_examples=config.val_examples), max_grad_norm=config.max_grad_norm)
         cache = Path(config.store).parent / "elastic" if config.store and config.store != ":memory:" else None
-        return ElasticEvaluator(min_rank=config.min_rank, rank_step=config.rank_step, sandwich=config.sandwich, cache_dir=cache, **common)
+        return ElasticEvaluator(min_rank=config.min_rank, rank_step=config.rank_step, sandwich=config.sandwich,
+                                draw_budget=config.param_budget if config.elastic_draws == "budget" else None, cache_dir=cache, **common)
     if config.evaluator == "batched":
         from rankgym.evaluators.batched import BatchedEvaluator
 
