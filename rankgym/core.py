@@ -27,6 +27,9 @@ class Evaluation:
         device: where it ran.
         cache_hit: answered from the store without training.
         error: why it failed (None when it did not).
+        fraction: the share of the evaluator's split it read; below 1 the scoring stopped early, once the
+            map could not reach a reference map, and ``metric`` is an upper bound on its full score
+            (see :class:`~rankgym.evaluators.elastic.ElasticEvaluator`'s ``early_stop``).
     """
 
     metric: float
@@ -37,10 +40,16 @@ class Evaluation:
     device: str = "cpu"
     cache_hit: bool = False
     error: str | None = None
+    fraction: float = 1.0
 
     @property
     def ok(self) -> bool:
         return self.error is None and math.isfinite(self.metric)
+
+    @property
+    def stopped(self) -> bool:
+        """Scored on part of the split only: ``metric`` is a bound, never a score to compare as one."""
+        return self.fraction < 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

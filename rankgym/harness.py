@@ -24,7 +24,7 @@ from rankgym.steplog import StepLog
 
 
 class Progress:
-    """A bar over the budget: evaluations done, best reward so far, ETA; and once the first
+    """A bar over the budget: evaluations done, best reward so far, maps whose scoring stopped early, ETA; and once the first
     ``MEASURED`` evaluations are done, one line with the duration they predict on this machine
     (machines differ threefold and more: a README's times are another machine's)."""
 
@@ -32,15 +32,18 @@ class Progress:
 
     def __init__(self, budget: int, desc: str) -> None:
         self.bar = tqdm(total=budget, desc=desc, unit="eval", dynamic_ncols=True)
-        self.best = -math.inf
+        self.best, self.metric, self.stopped = -math.inf, math.nan, 0
         self.budget, self.done, self.started = budget, 0, time.perf_counter()
 
     def __call__(self, kind: str, info: dict[str, Any], reward: float) -> None:
         if kind == "reset":
             return
-        if info["error"] is None and info["score"] > self.best:
-            self.best = info["score"]
-            self.bar.set_postfix(best_reward=f"{self.best:.4f}", metric=f"{info['metric']:.4f}")
+        if info.get("fraction", 1.0) < 1.0:  # a bound, not a score (early stopping): counted, never the best
+            self.stopped += 1
+        elif info["error"] is None and info["score"] > self.best:
+            self.best, self.metric = info["score"], info["metric"]
+        if self.best > -math.inf:
+            self.bar.set_postfix(best_reward=f"{self.best:.4f}", metric=f"{self.metric:.4f}", **({"stopped": self.stopped} if self.stopped else {}))
         self.bar.update(1)
         self.done += 1
         if self.done == self.MEASURED < self.budget:
@@ -198,8 +201,12 @@ class SearchArgs:
 
     def env_kwargs_for_run(self, store: str) -> dict[str, Any]:
         """gym.make kwargs of this run: the user's, the evaluation store (``store``: the user's
-        ``store`` kwarg where given, see :attr:`RunDir.evaluation_store`), seed, and the retry switch."""
-        return {**self.env_kwargs, "store": store, "seed": self.env_kwargs.get("seed", self.seed), "retry_failed": self.retry_failed}
+        ``store`` kwarg where given, see :attr:`RunDir.evaluation_store`), seed, and the retry switch;
+        with ``early_stop``, scoring stops against the ``promote``-th best map unless ``early_stop_top`` says otherwise."""
+        kwargs = {**self.env_kwargs, "store": store, "seed": self.env_kwargs.get("seed", self.seed), "retry_failed": self.retry_failed}
+        if kwargs.get("early_stop") is not None and "early_stop_top" not in kwargs:  # a map promotion will retrain is never stopped
+            kwargs["early_stop_top"] = max(1, self.promote)
+        return kwargs
 
     def config(self) -> dict[str, Any]:
         """What a run folder's config.json records of these arguments (resuming must not change it);

@@ -76,6 +76,18 @@ def compute(name: str, pred: np.ndarray, label: np.ndarray) -> float:
     return functions[name](np.asarray(pred), np.asarray(label))
 
 
+def paired_upper_bound(name: str, pred: np.ndarray, reference: np.ndarray, label: np.ndarray, confidence: float,
+                       resamples: int = 400, seed: int = 0) -> float:
+    """Upper end of a one-sided ``confidence`` bound on ``metric(pred) - metric(reference)`` over the
+    population these examples are drawn from: the percentile bootstrap of the paired difference (the
+    same resampled examples for both). By hand rather than ``scipy.stats.bootstrap`` (what the tests
+    check it against) because an evaluation needs no scipy, and a seeded resampling keeps it exact
+    to reproduce."""
+    idx = np.random.default_rng(seed).integers(0, len(label), size=(resamples, len(label)))
+    diffs = [compute(name, pred[i], label[i]) - compute(name, reference[i], label[i]) for i in idx]
+    return float(np.quantile(diffs, confidence))
+
+
 def describe(name: str, value: float) -> str:
     """``value`` of metric ``name`` as a person reads it: a causal LM's ``neg_nll`` (minus the mean NLL
     per response token, so that higher is better like every metric) as the NLL and its perplexity."""

@@ -67,11 +67,12 @@ class Promotion:
 
 def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
                extra: list[tuple[str, dict[str, int]]] = ()) -> list[dict[str, Any]]:
-    """The ``top_k`` distinct maps of a step log by search score, then the initial map and the
+    """The ``top_k`` distinct maps of a step log by search score (scores stopped early left out), then the initial map and the
     ``extra`` (label, ranks) maps, each once: a map already chosen gets the other's name beside its own."""
     seen: set[str] = set()
     chosen = []
-    for row in sorted((r for r in rows if r["error"] is None and r["score"] is not None), key=lambda r: -r["score"]):
+    scored = (r for r in rows if r["error"] is None and r["score"] is not None and r.get("fraction") is None)  # a stopped score is a bound
+    for row in sorted(scored, key=lambda r: -r["score"]):
         ranks = json.loads(row["rank_map"])
         key = json.dumps(ranks, sort_keys=True)
         if key in seen:

@@ -42,7 +42,8 @@ class EnvConfig:
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
     training file), ``elastic_examples``, ``sandwich`` and ``elastic_draws`` for the elastic evaluator (its one
     training run, at the full recipe's learning rate; ``elastic_draws='budget'`` trains on draws projected onto
-    ``param_budget``; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
+    ``param_budget``; ``early_stop`` (a confidence), ``early_stop_chunks`` and ``early_stop_top`` stop a
+    map's scoring once it cannot reach the ``early_stop_top``-th best map; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
     ``fake_hidden``, ``fake_profile`` (separable or calibrated), ``fake_noise`` and ``fake_collapse`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
     table rankgym ships for the task, :data:`SURROGATES`), ``target_modules`` (PEFT-style names or regexes to
     adapt), ``dtype`` (the frozen base's: fp32, bf16, fp16) and ``metric`` (what scores a map, instead of
@@ -68,6 +69,9 @@ class EnvConfig:
     elastic_examples: int = 16384
     sandwich: bool = True
     elastic_draws: str = "grid"  # "budget": the adapter's draws projected onto param_budget (ElasticEvaluator.draw_budget)
+    early_stop: float | None = None  # e.g. 0.95: elastic scoring stops once a map cannot reach the reference at that confidence
+    early_stop_chunks: int = 4
+    early_stop_top: int = 1
     model_name_or_path: str | None = None
     target_modules: list[str] | None = None
     dtype: str = "fp32"
@@ -126,6 +130,9 @@ class EnvConfig:
                               f"onto param_budget), got {config.elastic_draws!r}")
         if config.elastic_draws == "budget" and config.param_budget is None:
             raise ConfigError("elastic_draws='budget' projects the elastic adapter's draws onto param_budget: pass a param_budget too")
+        if config.early_stop is not None and config.evaluator != "elastic":
+            raise ConfigError(f"early_stop stops the elastic evaluator's scoring; the {config.evaluator} evaluator does not stop early: "
+                              "add evaluator='elastic' or leave early_stop unset")
         if config.fake_profile not in ("separable", "calibrated"):
             raise ConfigError(f"fake_profile must be 'separable' or 'calibrated' (fitted to real MiniLM x SST-2 scores), got {config.fake_profile!r}")
         return config

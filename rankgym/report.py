@@ -66,6 +66,7 @@ def _steps(path: Path) -> list[dict[str, Any]]:
                 except (TypeError, ValueError):
                     raise FileError(f"{path}, line {reader.line_num}: {key} {row[key]!r} is not a number") from None
                 row["cache_hit"] = row["cache_hit"] in ("1", "True")
+                row["stopped"] = row.get("fraction") not in ("", None)  # absent in runs logged before early stopping
                 rows.append(row)
             return rows
     except UnicodeDecodeError as err:
@@ -130,11 +131,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    rows = [r for run in runs for r in run["rows"] if r["error"] in ("", None) and np.isfinite(r["metric"])]
+    rows = [r for run in runs for r in run["rows"] if r["error"] in ("", None) and np.isfinite(r["metric"]) and not r["stopped"]]
     params = np.array([r["params"] for r in rows])
     metric = np.array([r["metric"] for r in rows])
     for run in runs:
-        mine = [r for r in run["rows"] if r["error"] in ("", None) and np.isfinite(r["metric"]) and not r["label"]]
+        mine = [r for r in run["rows"] if r["error"] in ("", None) and np.isfinite(r["metric"]) and not r["label"] and not r["stopped"]]
         ax.scatter([r["params"] for r in mine], [r["metric"] for r in mine], s=12, alpha=0.5, label=run["name"])
     baselines = [r for r in rows if r["label"]]
     for r in baselines:

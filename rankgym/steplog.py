@@ -25,10 +25,12 @@ CREATE TABLE IF NOT EXISTS steps (
     label TEXT,                    -- a baseline's name
     metric REAL, params INTEGER, cost REAL, reward REAL, score REAL, seconds REAL,
     cache_hit INTEGER, error TEXT, rank_map TEXT, created REAL,
+    fraction REAL,                 -- share of the split read where scoring stopped early (metric: a bound); NULL: all of it
     UNIQUE (worker, idx)
 );
 """
-CSV_COLUMNS = ("step", "kind", "label", "metric", "params", "cost", "reward", "score", "seconds", "cache_hit", "error", "worker", "rank_map")
+CSV_COLUMNS = ("step", "kind", "label", "metric", "params", "cost", "reward", "score", "seconds", "cache_hit", "error", "worker",
+               "rank_map", "fraction")
 
 
 class ResumeDiverged(ConfigError):
@@ -50,6 +52,8 @@ class StepLog:
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(STEPS_SCHEMA)
+            if "fraction" not in [row[1] for row in self.db.execute("PRAGMA table_info(steps)")]:  # a run logged before early stopping
+                self.db.execute("ALTER TABLE steps ADD COLUMN fraction REAL")
         except sqlite3.DatabaseError as err:
             self.db.close()
             raise FileError(f"{path}: not a rankgym run store ({err}); is the run folder intact?") from None
@@ -79,9 +83,10 @@ class StepLog:
             self.logged = self.idx - 1
         self.db.execute(
             "INSERT OR IGNORE INTO steps (worker, idx, kind, label, metric, params, cost, reward, score, seconds, cache_hit,"
-            " error, rank_map, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " error, rank_map, created, fraction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.worker, self.idx, kind, label, _finite(info["metric"]), info["params"], info["cost"], reward,
-             _finite(info["score"]), info["seconds"], int(cache_hit), info["error"], rank_map, time.time()),
+             _finite(info["score"]), info["seconds"], int(cache_hit), info["error"], rank_map, time.time(),
+             info["fraction"] if info.get("fraction", 1.0) < 1.0 else None),
         )
         return True
 

@@ -6,6 +6,9 @@ file: writes are single INSERT OR IGNORE statements keyed by a hash of what deci
 result: a process that computed the same map concurrently gets the stored one back from
 :meth:`EvaluationStore.put` and acts on it. Failures are stored too (their own table), so a resumed
 search meets the same failure instead of a different result, unless it asks to retry them.
+Scores stopped early (:attr:`~rankgym.core.Evaluation.stopped`: a bound, not a score) have their own
+table as well: only a caller that stops early itself is answered from it, :meth:`evaluations` (what
+surrogate tables, replays and reports read) never lists them, and a full score replaces one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from rankgym.rankmap import RankMap
 
 # The schema's version, kept in SQLite's user_version. A file no rankgym had versioned reads 0; its
 # tables are accepted when their columns are these. Any other schema is refused, never misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the stopped table (a version-1 file gains it when opened)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contexts (
     context TEXT PRIMARY KEY,      -- hash of the identity
@@ -48,6 +51,17 @@ CREATE TABLE IF NOT EXISTS failures (
     context TEXT NOT NULL,
     rank_map TEXT NOT NULL,
     error TEXT NOT NULL,
+    params INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    device TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stopped (
+    key TEXT PRIMARY KEY,          -- as in evaluations; a later full score removes it
+    context TEXT NOT NULL,
+    rank_map TEXT NOT NULL,
+    bound REAL NOT NULL,           -- the upper bound on the full score the agent was given
+    fraction REAL NOT NULL,        -- share of the split read before stopping
     params INTEGER NOT NULL,
     seconds REAL NOT NULL,
     device TEXT,
@@ -124,9 +138,10 @@ class EvaluationStore:
         )
         return context
 
-    def get(self, context: str, rank_map: RankMap, failures: bool = True, state_key: str = "") -> Evaluation | None:
+    def get(self, context: str, rank_map: RankMap, failures: bool = True, state_key: str = "",
+            stopped: bool = False) -> Evaluation | None:
         """The stored evaluation of ``rank_map`` (``cache_hit=True``), a stored failure unless
-        ``failures=False``, or None."""
+        ``failures=False``, a score stopped early where ``stopped=True``, or None."""
         key = _key(context, rank_map, state_key)
         row = self.db.execute(
             "SELECT metric, params, seconds, val_loss, train_loss, device FROM evaluations WHERE key = ?", (key,)
@@ -139,6 +154,11 @@ class EvaluationStore:
             if row is not None:
                 error, params, seconds, device = row
                 return Evaluation(float("nan"), params, seconds, device=device, cache_hit=True, error=error)
+        if stopped:
+            row = self.db.execute("SELECT bound, fraction, params, seconds, device FROM stopped WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                bound, fraction, params, seconds, device = row
+                return Evaluation(bound, params, seconds, device=device, cache_hit=True, fraction=fraction)
         return None
 
     def put(self, context: str, rank_map: RankMap, evaluation: Evaluation, state_key: str = "") -> Evaluation:
@@ -146,7 +166,7 @@ class EvaluationStore:
 
         That is the stored result when another process wrote this key first (marked
         ``cache_hit=True``), else ``evaluation``. A failure is stored as a failure (replaced by a
-        later success). ``state_key`` separates results that depend on more than the map (a warm
+        later success), a score stopped early as one (replaced by a later full score). ``state_key`` separates results that depend on more than the map (a warm
         start's history).
         """
         key = _key(context, rank_map, state_key)
@@ -156,6 +176,14 @@ class EvaluationStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, context, rank_map.key(), evaluation.error or f"metric is {evaluation.metric}", evaluation.params,
                  evaluation.seconds, evaluation.device, time.time()),
+            )
+            return evaluation
+        if evaluation.stopped:
+            self.db.execute(
+                "INSERT OR REPLACE INTO stopped (key, context, rank_map, bound, fraction, params, seconds, device, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, context, rank_map.key(), evaluation.metric, evaluation.fraction, evaluation.params, evaluation.seconds,
+                 evaluation.device, time.time()),
             )
             return evaluation
         written = self.db.execute(
@@ -175,6 +203,7 @@ class EvaluationStore:
             ),
         ).rowcount
         self.db.execute("DELETE FROM failures WHERE key = ?", (key,))
+        self.db.execute("DELETE FROM stopped WHERE key = ?", (key,))
         if written:
             return evaluation
         return self.get(context, rank_map, failures=False, state_key=state_key)  # another process's result came first

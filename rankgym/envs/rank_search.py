@@ -208,8 +208,9 @@ class RankSearchEnv(gym.Env):
             "rank_map": dict(rank_map.ranks),
             "projected": self.projected,
             "error": evaluation.error,
+            "fraction": evaluation.fraction,  # below 1: scoring stopped early and metric is an upper bound
         }
-        if evaluation.ok and (self.best is None or score > self.best["score"]):
+        if evaluation.ok and not evaluation.stopped and (self.best is None or score > self.best["score"]):
             self.best = {"score": score, "rank_map": rank_map, "evaluation": evaluation, "cost": cost}
         return info
 

@@ -25,6 +25,7 @@ class Evaluator(ABC):
     alpha_policy: dict[str, Any] = ALPHA_POLICY
     split: str = "score"  # where metrics come from: "score" (held out of training), "validation" or "closed form"
     peft_task_type: str = "SEQ_CLS"  # what an exported map's LoraConfig says (PEFT trains and saves the task head too)
+    stops_early: bool = False  # may return scores stopped early (Evaluation.stopped); only such evaluators are answered with them
 
     @property
     @abstractmethod

@@ -19,6 +19,16 @@ costs what the base model costs: 15 % less than the unmerged one for MiniLM on a
 split is run, with no training; the frozen weights are then copied back exactly, so a score never
 depends on the maps scored before it.
 
+Early stopping (``early_stop``, a confidence such as 0.95): the score split is read in ``chunks``
+equal parts of one fixed random order, keeping every example's prediction. After each part but the
+last, the map is compared with a reference map on the examples read so far (the ``stop_top``-th best
+map fully scored by this evaluator, whose predictions are kept): where a paired bootstrap bound says,
+at the confidence (Bonferroni-split over the looks), that the map's metric is below the reference's,
+scoring stops. Its :class:`Evaluation` then has ``fraction`` < 1 and, as its metric, the reference's
+full score plus the bound: an upper bound on what the map would have scored, below the reference, so
+an agent can act on it and a stopped map is never among the best. Such a score then depends on the
+maps scored before it, so the identity carries the setting and the store keeps stopped scores apart.
+
 The trained adapter is saved (safetensors) in ``cache_dir`` under a hash of everything that decides
 it, written to a temporary file and renamed, so another process, a resumed search or a later run
 reuses it, and a file left half-written by a killed process is never read.
@@ -46,7 +56,10 @@ from rankgym.core import Evaluation, adapter_params
 from rankgym.evaluators.finetune import FinetuneEvaluator
 from rankgym.lora.inject import lora_layers
 from rankgym.rankmap import RankMap
-from rankgym.training import evaluate, finetune, init_adapters
+from rankgym.errors import ConfigError
+from rankgym.metrics import compute as compute_metric
+from rankgym.metrics import paired_upper_bound
+from rankgym.training import default_eval_batch_size, evaluate, finetune, init_adapters, predict
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,9 @@ class ElasticEvaluator(FinetuneEvaluator):
         sandwich: every other training step at full rank on every module.
         draw_budget: draws projected onto this parameter budget (a fraction of uniform ``max_rank``'s
             adapter parameters, or a count, as the env's ``param_budget``); None: the grid's draws as they are.
+        early_stop: the confidence at which a map's scoring stops once it cannot reach the reference (None: never).
+        chunks: parts the score split is read in when stopping early.
+        stop_top: the reference is the ``stop_top``-th best full score (the number of maps promotion will retrain).
         cache_dir: folder where the trained adapter is saved and looked for (None: kept in memory only).
         merge: score with each slice merged into the frozen weights (None: on a CPU only; see ``__init__``).
         **kwargs: as :class:`FinetuneEvaluator`; its ``recipe`` is the elastic adapter's one training run.
@@ -68,8 +84,20 @@ class ElasticEvaluator(FinetuneEvaluator):
     version = 3  # 3: BERT's pooler trains with the head; 2: factors seeded per module, scoring on merged weights
 
     def __init__(self, *args: Any, min_rank: int = 0, rank_step: int = 2, sandwich: bool = True, draw_budget: float | None = None,
+                 early_stop: float | None = None, chunks: int = 4, stop_top: int = 1,
                  cache_dir: str | Path | None = None, merge: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if early_stop is not None and not 0.5 < early_stop < 1:
+            raise ConfigError(f"early_stop is the confidence a stop needs, in (0.5, 1), e.g. 0.95; got {early_stop!r}")
+        if chunks < 2 or stop_top < 1:
+            raise ConfigError(f"early stopping reads the score split in chunks >= 2 parts against the stop_top >= 1-th best map; "
+                              f"got chunks={chunks}, stop_top={stop_top}")
+        if early_stop is not None and self.data.causal_lm:
+            raise ConfigError("early_stop compares per-example predictions of a classification or regression task; "
+                              f"{self.data.name} is a causal-LM task: leave early_stop unset")
+        self.early_stop, self.chunks, self.stop_top = early_stop, chunks, stop_top
+        self.stops_early = early_stop is not None
+        self._best: list[tuple[float, np.ndarray]] = []  # the stop_top best full scores and their predictions
         # Merging makes the scoring forward a plain one (15 % faster on a CPU) but keeps a copy of every
         # adapted weight to restore from: on a GPU, where memory is what runs out, score through the adapters.
         self.merge = self.device.type == "cpu" if merge is None else merge
@@ -82,15 +110,21 @@ class ElasticEvaluator(FinetuneEvaluator):
         self.source: str | None = None  # "trained", "loaded" (from its file) or "shipped" (by a Ray pool)
         self._frozen: dict[str, torch.Tensor] | None = None
 
-    def identity(self) -> dict[str, Any]:
-        budget = {"draw_budget": self.draw_budget} if self.draw_budget is not None else {}  # absent: the identities stored before it
+    def adapter_identity(self) -> dict[str, Any]:
+        """What decides the trained adapter (its file's name): the identity less how maps are scored."""
+        budget = {"draw_budget": self.draw_budget} if self.draw_budget is not None else {}  # absent: the identities from before it
         return {**super().identity(), "evaluator": f"{self.name}-v{self.version}", "grid": self.grid, "sandwich": self.sandwich, **budget}
+
+    def identity(self) -> dict[str, Any]:
+        if self.early_stop is None:
+            return self.adapter_identity()
+        return {**self.adapter_identity(), "early_stop": {"confidence": self.early_stop, "chunks": self.chunks, "top": self.stop_top}}
 
     @property
     def adapter_path(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:20]
+        digest = hashlib.sha256(json.dumps(self.adapter_identity(), sort_keys=True).encode()).hexdigest()[:20]
         return self.cache_dir / f"elastic-{self.spec.name}-{self.data.name}-{digest}.safetensors"
 
     # -- the elastic adapter ----------------------------------------------------------------------
@@ -187,7 +221,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         save_file({k: p.detach().contiguous().cpu() for k, p in self._trainable().items()}, str(tmp),
-                  metadata={"identity": json.dumps(self.identity(), sort_keys=True), "training_seconds": f"{self.training_seconds:.2f}"})
+                  metadata={"identity": json.dumps(self.adapter_identity(), sort_keys=True), "training_seconds": f"{self.training_seconds:.2f}"})
         os.replace(tmp, path)  # atomic: readers see the old state or the whole file, never a part
 
     # -- scoring ------------------------------------------------------------------------------------
@@ -208,10 +242,41 @@ class ElasticEvaluator(FinetuneEvaluator):
         try:
             for layer in layers.values():
                 layer.merge()
-            metric, loss = evaluate(self.model, self.val_set, self.tokenizer.pad_token_id, self.recipe.eval_batch_size,
-                                    self.recipe.val_examples)
+            if self.early_stop is None:
+                metric, loss = evaluate(self.model, self.val_set, self.tokenizer.pad_token_id, self.recipe.eval_batch_size,
+                                        self.recipe.val_examples)
+                fraction = 1.0
+            else:
+                metric, loss, fraction = self._score_until_decided()
         finally:
             for name, layer in layers.items():
                 layer.unmerge(self._frozen[name])
         return Evaluation(metric=metric, params=self.trainable_params(rank_map), seconds=time.perf_counter() - start,
-                          val_loss=loss, device=str(self.device))
+                          val_loss=loss, device=str(self.device), fraction=fraction)
+
+    def _score_until_decided(self) -> tuple[float, float, float]:
+        """(metric or bound, mean loss, fraction read) of the model as it is: see the module's early stopping."""
+        data = self.val_set
+        n = len(data) if self.recipe.val_examples is None else min(self.recipe.val_examples, len(data))
+        order = np.random.default_rng(self.seed).permutation(n)
+        labels = data.labels[:n].numpy()
+        reference = self._best[self.stop_top - 1] if len(self._best) >= self.stop_top else None
+        level = 1 - (1 - self.early_stop) / (self.chunks - 1)  # Bonferroni over the looks after each part but the last
+        batch_size = self.recipe.eval_batch_size or default_eval_batch_size(self.device)
+        preds, loss, read = np.empty(n, dtype=labels.dtype), 0.0, 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for look, part in enumerate(np.array_split(order, self.chunks)):
+                got, losses = predict(self.model, data, part.tolist(), self.tokenizer.pad_token_id, batch_size)
+                preds[part], loss, read = got[0], loss + losses[0], read + len(part)
+                if reference is not None and read < n:
+                    seen = order[:read]
+                    bound = paired_upper_bound(data.metric, preds[seen], reference[1][seen], labels[seen], level, seed=look)
+                    if bound < 0:
+                        return reference[0] + bound, loss / read, read / n
+        finally:
+            self.model.train(was_training)
+        metric = compute_metric(data.metric, preds, labels)
+        self._best = sorted([*self._best, (metric, preds)], key=lambda kept: -kept[0])[: self.stop_top]
+        return metric, loss / n, 1.0

@@ -1,0 +1,109 @@
+"""Scoring that stops early: a stopped score is a bound, kept apart from scores, and never the best."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from rankgym.core import Evaluation
+from rankgym.errors import ConfigError
+from rankgym.evaluators.elastic import ElasticEvaluator
+from rankgym.metrics import compute, paired_upper_bound
+from rankgym.registry import EnvConfig
+from rankgym.steplog import StepLog
+from rankgym.store import SCHEMA_VERSION, EvaluationStore
+from rankgym.training import Recipe, predict
+
+RECIPE = Recipe(train_examples=64, batch_size=16, val_examples=48)
+
+
+def elastic(sst2_dir, **kwargs):
+    return ElasticEvaluator("tiny", "sst2", RECIPE, seed=3, device="cpu", max_rank=8, data_dir=str(sst2_dir), **kwargs)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "matthews"])
+def test_the_paired_bound_is_scipys_percentile_bootstrap_of_the_difference(metric):
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 2, 300)
+    better = np.where(rng.random(300) < 0.8, label, 1 - label)
+    worse = np.where(rng.random(300) < 0.7, label, 1 - label)
+    ours = paired_upper_bound(metric, worse, better, label, 0.95, resamples=2000)
+    theirs = bootstrap((worse, better, label), lambda a, b, y: compute(metric, a, y) - compute(metric, b, y), paired=True,
+                       vectorized=False, n_resamples=2000, method="percentile", alternative="less", confidence_level=0.95,
+                       random_state=0).confidence_interval.high
+    assert ours == pytest.approx(theirs, abs=0.012)
+    assert ours < 0 < paired_upper_bound(metric, better, worse, label, 0.95)  # the better map is not bounded below the worse
+
+
+def test_a_map_that_cannot_reach_the_reference_stops_with_the_bound_and_an_unstopped_one_scores_as_in_full(sst2_dir, tmp_path):
+    evaluator = elastic(sst2_dir, early_stop=0.9, chunks=4, cache_dir=tmp_path)
+    full = elastic(sst2_dir, cache_dir=tmp_path)
+    rank_map = evaluator.template().replace({m.name: 4 for m in evaluator.modules})
+    first = evaluator.evaluate(rank_map)  # no reference yet: read to the end
+    assert first.fraction == 1.0 and not first.stopped
+    assert first.metric == full.evaluate(rank_map).metric
+    assert full.source == "loaded"  # how maps are scored does not change the adapter: one file serves both
+    # A reference that predicts every label, as a perfect map's full scoring would have kept it.
+    labels = evaluator.val_set.labels[:48].numpy()
+    evaluator._best = [(1.0, labels.copy())]
+    stopped = evaluator.evaluate(rank_map)
+    assert stopped.stopped and stopped.fraction == 0.25 and stopped.metric < 1.0
+    part = np.random.default_rng(3).permutation(48)[:12]
+    evaluator.slice_to(rank_map)
+    evaluator.model.eval()
+    preds = predict(evaluator.model, evaluator.val_set, part.tolist(), evaluator.tokenizer.pad_token_id, 32)[0][0]
+    level = 1 - 0.1 / 3
+    assert stopped.metric == pytest.approx(1.0 + paired_upper_bound("accuracy", preds, labels[part], labels[part], level, seed=0), abs=1e-12)
+    assert "early_stop" in evaluator.identity() and "early_stop" not in full.identity()  # stopped scores never share a context
+
+
+def test_a_stopped_score_is_answered_only_to_who_stops_early_and_a_full_score_replaces_it(tmp_path):
+    store = EvaluationStore(tmp_path / "store.sqlite")
+    context = store.register({"evaluator": "elastic-v3"}, [])
+    from rankgym.rankmap import RankMap
+
+    rank_map = RankMap({"a": 1})
+    store.put(context, rank_map, Evaluation(metric=0.61, params=10, seconds=1.0, fraction=0.5))
+    assert store.get(context, rank_map) is None  # a full-score caller computes it
+    found = store.get(context, rank_map, stopped=True)
+    assert (found.metric, found.fraction, found.stopped, found.cache_hit) == (0.61, 0.5, True, True)
+    assert store.evaluations() == []  # what surrogate tables, replays and reports read
+    store.put(context, rank_map, Evaluation(metric=0.70, params=10, seconds=2.0))
+    found = store.get(context, rank_map, stopped=True)
+    assert (found.metric, found.stopped) == (0.70, False)
+    assert [row["metric"] for row in store.evaluations()] == [0.70]
+
+
+def test_a_version_1_store_opens_and_gains_the_stopped_table(tmp_path):
+    path = tmp_path / "store.sqlite"
+    EvaluationStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE stopped")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    store = EvaluationStore(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.db.execute("SELECT COUNT(*) FROM stopped").fetchone()[0] == 0
+
+
+def test_a_run_logged_before_early_stopping_resumes_and_logs_the_fraction(tmp_path):
+    path = tmp_path / "run.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE steps (step INTEGER PRIMARY KEY AUTOINCREMENT, worker INTEGER NOT NULL, idx INTEGER NOT NULL, "
+               "kind TEXT NOT NULL, label TEXT, metric REAL, params INTEGER, cost REAL, reward REAL, score REAL, seconds REAL, "
+               "cache_hit INTEGER, error TEXT, rank_map TEXT, created REAL, UNIQUE (worker, idx))")
+    db.close()
+    log = StepLog(path)
+    info = {"metric": 0.5, "params": 3, "cost": 0.1, "score": 0.5, "seconds": 1.0, "error": None, "rank_map": {"a": 1}, "fraction": 0.25}
+    log.record("map", info, 0.5)
+    log.record("map", {**info, "fraction": 1.0}, 0.5)
+    assert [row["fraction"] for row in log.rows()] == [0.25, None]
+
+
+def test_early_stop_is_the_elastic_evaluators_and_its_confidence_is_checked(sst2_dir):
+    with pytest.raises(ConfigError, match="does not stop early"):
+        EnvConfig.from_kwargs({"evaluator": "finetune", "early_stop": 0.95})
+    with pytest.raises(ConfigError, match=r"in \(0.5, 1\)"):
+        elastic(sst2_dir, early_stop=1.5)
