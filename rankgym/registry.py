@@ -47,7 +47,8 @@ class EnvConfig:
     ``fake_hidden``, ``fake_profile`` (separable or calibrated), ``fake_noise`` and ``fake_collapse`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
     table rankgym ships for the task, :data:`SURROGATES`), ``target_modules`` (PEFT-style names or regexes to
     adapt), ``dtype`` (the frozen base's: fp32, bf16, fp16) and ``metric`` (what scores a map, instead of
-    the task's own: accuracy, matthews, f1; pearson, spearman; neg_nll, exact_match), ``gradient_checkpointing``. ``RankSearch-auto-{task}-v0`` adapts
+    the task's own: accuracy, matthews, f1; pearson, spearman; neg_nll, exact_match), ``gradient_checkpointing``, ``pruner`` (with ``pruner_rungs`` and ``pruner_examples``: the
+    finetune evaluator's training stopped part-way by an Optuna pruner). ``RankSearch-auto-{task}-v0`` adapts
     the model at ``model_name_or_path``, its family read from its config.
     """
 
@@ -72,6 +73,9 @@ class EnvConfig:
     early_stop: float | None = None  # e.g. 0.95: elastic scoring stops once a map cannot reach the reference at that confidence
     early_stop_chunks: int = 4
     early_stop_top: int = 1
+    pruner: str | None = None  # the finetune evaluator's multi-fidelity: sha, hyperband or median (rankgym.evaluators.pruning)
+    pruner_rungs: int = 4
+    pruner_examples: int = 256
     model_name_or_path: str | None = None
     target_modules: list[str] | None = None
     dtype: str = "fp32"
@@ -133,6 +137,9 @@ class EnvConfig:
         if config.early_stop is not None and config.evaluator != "elastic":
             raise ConfigError(f"early_stop stops the elastic evaluator's scoring; the {config.evaluator} evaluator does not stop early: "
                               "add evaluator='elastic' or leave early_stop unset")
+        if config.pruner is not None and config.evaluator != "finetune":
+            raise ConfigError(f"pruner stops the finetune evaluator's training part-way; the {config.evaluator} evaluator does not "
+                              "train per map that way: add evaluator='finetune' or leave pruner unset")
         if config.fake_profile not in ("separable", "calibrated"):
             raise ConfigError(f"fake_profile must be 'separable' or 'calibrated' (fitted to real MiniLM x SST-2 scores), got {config.fake_profile!r}")
         return config

@@ -107,3 +107,50 @@ def test_early_stop_is_the_elastic_evaluators_and_its_confidence_is_checked(sst2
         EnvConfig.from_kwargs({"evaluator": "finetune", "early_stop": 0.95})
     with pytest.raises(ConfigError, match=r"in \(0.5, 1\)"):
         elastic(sst2_dir, early_stop=1.5)
+
+
+def finetuner(sst2_dir, **kwargs):
+    from rankgym.evaluators.finetune import FinetuneEvaluator
+
+    return FinetuneEvaluator("tiny", "sst2", Recipe(train_examples=64, batch_size=16, val_examples=48), seed=2, device="cpu",
+                             max_rank=8, data_dir=str(sst2_dir), **kwargs)
+
+
+def test_a_trial_the_pruner_lets_run_trains_and_scores_exactly_as_without_one(sst2_dir):
+    pytest.importorskip("optuna")
+    plain, pruned = finetuner(sst2_dir), finetuner(sst2_dir, pruner="sha", rungs=4, report_examples=24)
+    rank_map = plain.template().replace({m.name: 4 for m in plain.modules})
+    a, b = plain.evaluate(rank_map), pruned.evaluate(rank_map)  # a first trial is never pruned: nothing to compare with
+    assert (b.metric, b.train_loss, b.fraction) == (a.metric, a.train_loss, 1.0)
+    trial = pruned.pruning.study.trials[0]
+    assert sorted(trial.intermediate_values) == [1, 2, 3]  # after each quarter of the 4 steps but the last
+    assert pruned.identity()["pruning"] == {"pruner": "sha", "rungs": 4, "report_examples": 24} and "pruning" not in plain.identity()
+
+
+def test_a_pruned_trial_is_a_partial_evaluation_with_its_last_report_stored_apart_and_never_the_best(sst2_dir, tmp_path, monkeypatch):
+    optuna = pytest.importorskip("optuna")
+    import gymnasium as gym
+
+    import rankgym  # noqa: F401  (registers the ids)
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+    env = gym.make("RankSearch-tiny-sst2-v0", evaluator="finetune", pruner="median", pruner_rungs=2, train_examples=64, batch_size=16,
+                   val_examples=48, device="cpu", data_dir=str(sst2_dir), store=str(tmp_path / "store.sqlite")).unwrapped
+    info = env.evaluate_map({name: 2 for name in env.names})
+    trial = env.evaluator.pruning.study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert info["fraction"] == 0.5 and info["metric"] == trial.intermediate_values[2]  # pruned after 2 of 4 steps
+    assert env.best is None  # a partial score is never the search's answer
+    service = env.service
+    rank_map = env.evaluator.template().replace({name: 2 for name in env.names})
+    assert service.store.get(service.context, rank_map) is None
+    assert service.store.get(service.context, rank_map, stopped=True).fraction == 0.5
+    assert env.evaluate_map({name: 2 for name in env.names})["fraction"] == 0.5 and len(env.evaluator.pruning.study.trials) == 1  # from the store
+
+
+def test_the_pruner_is_the_finetune_evaluators_and_a_known_one(sst2_dir):
+    pytest.importorskip("optuna")
+    with pytest.raises(ConfigError, match="add evaluator='finetune'"):
+        EnvConfig.from_kwargs({"evaluator": "elastic", "pruner": "sha"})
+    with pytest.raises(ConfigError, match="pruner must be one of sha, hyperband, median"):
+        finetuner(sst2_dir, pruner="asha")

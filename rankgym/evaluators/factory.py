@@ -67,4 +67,4 @@ def build_evaluator(config, k: int = 1):
         return WarmStartEvaluator(warm_examples=config.warm_examples, **common)
     from rankgym.evaluators.finetune import FinetuneEvaluator
 
-    return FinetuneEvaluator(**common)
+    return FinetuneEvaluator(pruner=config.pruner, rungs=config.pruner_rungs, report_examples=config.pruner_examples, **common)

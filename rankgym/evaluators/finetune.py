@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -88,6 +89,8 @@ class FinetuneEvaluator(Evaluator):
         gradient_checkpointing: recompute the base's activations in the backward pass instead of keeping
             them (transformers' ``gradient_checkpointing_enable``): less memory, about a third more
             compute, the same numbers (the tests check it), so it is not part of :meth:`identity`.
+        pruner / rungs / report_examples: stop a map's training part-way where Optuna's pruner says so
+            (``sha``, ``hyperband``, ``median``; see :mod:`rankgym.evaluators.pruning`); None: never.
     """
 
     name = "finetune"
@@ -116,6 +119,9 @@ class FinetuneEvaluator(Evaluator):
         progress: bool = False,
         target_modules: Sequence[str] | None = None,
         dtype: str = "fp32",
+        pruner: str | None = None,
+        rungs: int = 4,
+        report_examples: int = 256,
     ) -> None:
         self.spec = get_backbone(backbone, model_name_or_path, target_modules)
         self.dtype = dtype
@@ -158,6 +164,14 @@ class FinetuneEvaluator(Evaluator):
         self.score_set = encoded(score)  # evaluate_both's second split
         self.revision = _revision(self.model, backbone)
         self._modules = module_infos(self.model, self.spec)
+        self.pruning = None
+        if pruner is not None:
+            from rankgym.evaluators.pruning import Pruning
+
+            report_set = self.val_set.take(list(range(min(report_examples, len(self.val_set)))))
+            self.pruning = Pruning(pruner, rungs, report_set, self.tokenizer.pad_token_id, recipe.eval_batch_size)
+            self.pruner_settings = {"pruner": pruner, "rungs": rungs, "report_examples": len(report_set)}
+            self.stops_early = True
         self.last_result: FinetuneResult | None = None  # the last evaluation's losses and step count
 
     @property
@@ -187,6 +201,7 @@ class FinetuneEvaluator(Evaluator):
             "scored_on": self.split,
             "score_examples": self.score_examples,
             "version": __version__,
+            **({"pruning": self.pruner_settings} if self.pruning is not None else {}),  # absent: identities from before it
         }
 
     def score_identity(self) -> dict[str, Any]:
@@ -227,6 +242,8 @@ class FinetuneEvaluator(Evaluator):
         start = time.perf_counter()
         self.prepare(rank_map)
         init_adapters(self.model, self.seed)
+        if self.pruning is not None:
+            return self._evaluate_pruned(rank_map, start)
         result = finetune(
             self.model,
             self.train_set,
@@ -245,6 +262,27 @@ class FinetuneEvaluator(Evaluator):
             train_loss=result.train_loss,
             device=str(self.device),
         )
+
+    def _evaluate_pruned(self, rank_map: RankMap, start: float) -> Evaluation:
+        """One trial of :mod:`rankgym.evaluators.pruning`: the full evaluation, or a partial one where the pruner stops it."""
+        from rankgym.evaluators.pruning import Pruned
+
+        steps = math.ceil(len(self.train_set) / self.recipe.batch_size) * self.recipe.epochs  # training_order's batches
+        trial, after_step = self.pruning.trial(self.model, steps)
+        try:
+            result = finetune(self.model, self.train_set, self.val_set, self.tokenizer.pad_token_id, self.recipe, self.seed,
+                              progress=self.progress, after_step=after_step)
+        except Pruned as stop:
+            self.pruning.pruned(trial)
+            return Evaluation(metric=stop.value, params=self.trainable_params(rank_map), seconds=time.perf_counter() - start,
+                              device=str(self.device), fraction=stop.fraction)
+        except BaseException:
+            self.pruning.completed(trial, math.nan)
+            raise
+        self.pruning.completed(trial, result.metric)
+        self.last_result = result
+        return Evaluation(metric=result.metric, params=self.trainable_params(rank_map), seconds=time.perf_counter() - start,
+                          val_loss=result.val_loss, train_loss=result.train_loss, device=str(self.device))
 
     def save_peft_adapter(self, directory: str | Path, rank_map: RankMap) -> Path:
         """The model as last trained, as a PEFT adapter folder (see :func:`rankgym.lora.inject.save_peft_adapter`).
