@@ -50,9 +50,9 @@ class _Worker:
         torch.set_num_threads(threads)
         self.evaluator, self.index = factory(), index
 
-    def describe(self) -> tuple[dict[str, Any], list[ModuleInfo], dict[str, Any], str, bool]:
+    def describe(self) -> tuple[dict[str, Any], list[ModuleInfo], dict[str, Any], str, bool, bool]:
         e = self.evaluator
-        return e.identity(), e.modules, e.alpha_policy, e.split, e.cacheable
+        return e.identity(), e.modules, e.alpha_policy, e.split, e.cacheable, e.stops_early
 
     def elastic_weights(self):
         self.evaluator.ensure_trained()
@@ -110,7 +110,9 @@ class RayEvaluator(Evaluator):
                        max_task_retries=max_restarts)
         tag = f"rankgym-{os.getpid()}-{time.time_ns()}"  # named, so that an operator (or a test) can find a worker
         self.actors = [actor.options(name=f"{tag}-worker-{i}", **options).remote(factory, worker_cpus, i) for i in range(workers)]
-        self._identity, self._modules, self.alpha_policy, self.split, self.cacheable = ray.get(self.actors[0].describe.remote())
+        # stops_early: each worker stops against the best of the maps it scored itself
+        self._identity, self._modules, self.alpha_policy, self.split, self.cacheable, self.stops_early = ray.get(
+            self.actors[0].describe.remote())
         self.name = str(self._identity.get("evaluator", "ray")).split("-v")[0]
         if evaluator == "elastic":  # train once, ship the weights through the object store
             weights, seconds = ray.get(self.actors[0].elastic_weights.remote())
