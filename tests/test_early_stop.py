@@ -37,21 +37,24 @@ def test_the_paired_bound_is_scipys_percentile_bootstrap_of_the_difference(metri
     assert ours < 0 < paired_upper_bound(metric, better, worse, label, 0.95)  # the better map is not bounded below the worse
 
 
-def test_the_parts_are_random_samples_that_each_take_one_of_every_run_of_neighbours_in_length():
+def test_the_parts_read_the_full_passs_sorted_batches_one_of_every_run_of_neighbours_to_a_part():
     rng = np.random.default_rng(0)
-    lengths = rng.integers(3, 60, 103).tolist()
-    parts = stratified_parts(lengths, 4, seed=5)
-    assert sorted(np.concatenate(parts).tolist()) == list(range(103))
-    assert sorted(len(p) for p in parts) == [25, 26, 26, 26]
-    by_length = sorted(range(103), key=lambda i: (lengths[i], i))
+    lengths = rng.integers(3, 60, 200).tolist()
+    parts = stratified_parts(lengths, 4, seed=5, batch_size=8)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(200))
+    by_length = sorted(range(200), key=lambda i: (lengths[i], i))
+    batches = [by_length[k : k + 8] for k in range(0, 200, 8)]  # the full pass's batches: 25, in runs of 4
     where = {i: k for k, p in enumerate(parts) for i in p}
-    for start in range(0, 100, 4):  # each run of 4 neighbours in length: one to every part
-        assert sorted(where[i] for i in by_length[start : start + 4]) == [0, 1, 2, 3]
-    assert [p.tolist() for p in parts] == [p.tolist() for p in stratified_parts(lengths, 4, seed=5)]
-    assert [p.tolist() for p in parts] != [p.tolist() for p in stratified_parts(lengths, 4, seed=6)]
-    firsts = [stratified_parts(lengths, 4, seed=s)[0] for s in range(200)]  # random: each example lands in part 0 a quarter of the time
-    share = np.bincount(np.concatenate(firsts), minlength=103) / 200
-    assert abs(share[by_length[:100]].mean() - 0.25) < 0.01 and share.min() > 0.1 and share.max() < 0.4
+    for b, batch in enumerate(batches):
+        assert len({where[i] for i in batch}) == 1  # a batch is never split between parts
+    for start in range(0, 24, 4):
+        assert sorted(where[batches[b][0]] for b in range(start, start + 4)) == [0, 1, 2, 3]
+    assert [p.tolist() for p in parts] == [p.tolist() for p in stratified_parts(lengths, 4, seed=5, batch_size=8)]
+    firsts = [stratified_parts(lengths, 4, seed=s, batch_size=8)[0] for s in range(200)]  # random: a batch lands in part 0 a quarter of the time
+    share = np.bincount(np.concatenate(firsts), minlength=200) / 200
+    assert abs(share[by_length[:192]].mean() - 0.25) < 0.01 and share.min() > 0.1 and share.max() < 0.4
+    small = stratified_parts(lengths[:48], 4, seed=5, batch_size=32)  # too few batches: smaller ones, four a part
+    assert [len(p) for p in small] == [12, 12, 12, 12]
 
 
 def test_a_map_that_cannot_reach_the_reference_stops_with_the_bound_and_an_unstopped_one_scores_as_in_full(sst2_dir, tmp_path):
@@ -67,7 +70,7 @@ def test_a_map_that_cannot_reach_the_reference_stops_with_the_bound_and_an_unsto
     evaluator._best = [(1.0, labels.copy())]
     stopped = evaluator.evaluate(rank_map)
     assert stopped.stopped and stopped.fraction == 0.25 and stopped.metric < 1.0
-    part = stratified_parts([len(ids) for ids in evaluator.val_set.ids[:48]], 4, seed=3)[0]
+    part = stratified_parts([len(ids) for ids in evaluator.val_set.ids[:48]], 4, seed=3, batch_size=32)[0]
     evaluator.slice_to(rank_map)
     evaluator.model.eval()
     preds = predict(evaluator.model, evaluator.val_set, part.tolist(), evaluator.tokenizer.pad_token_id, 32)[0][0]

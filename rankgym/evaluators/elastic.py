@@ -64,17 +64,25 @@ from rankgym.training import default_eval_batch_size, evaluate, finetune, init_a
 log = logging.getLogger(__name__)
 
 
-def stratified_parts(lengths: list[int], parts: int, seed: int) -> list[np.ndarray]:
-    """Indices of ``lengths`` dealt into ``parts`` random samples stratified by length: sorted by length,
-    each run of ``parts`` neighbours goes one to a part, at random. Every part is then a random sample
-    of the split (as the bound needs), and its length-sorted batches pad as little as the whole split's;
-    plain random parts of SST-2 padded enough to make reading them all 5 % slower than one sorted pass."""
+def stratified_parts(lengths: list[int], parts: int, seed: int, batch_size: int) -> list[np.ndarray]:
+    """Indices of ``lengths`` dealt into ``parts`` samples stratified by length, in whole batches.
+
+    The examples sorted by length are cut into the batches a full pass reads (``batch_size``, made
+    smaller where that would leave fewer than four batches a part), and each run of ``parts``
+    neighbouring batches goes one to a part, at random. So the parts together read exactly the
+    full pass's batches (dealing single examples padded 22 % more tokens on SST-2, which made
+    reading a map in four parts 20 % slower than one pass), and each part is a random sample
+    stratified by length: within a run the examples differ little in length, which is what lets
+    the bound treat a part as a sample of examples.
+    """
     rng = np.random.default_rng(seed)
+    unit = max(1, min(batch_size, len(lengths) // (4 * parts)))
     by_length = np.argsort(lengths, kind="stable")
+    batches = [by_length[k : k + unit] for k in range(0, len(lengths), unit)]
     dealt: list[list[int]] = [[] for _ in range(parts)]
-    for start in range(0, len(lengths), parts):
-        for part, index in zip(rng.permutation(parts), by_length[start : start + parts]):
-            dealt[part].append(int(index))
+    for start in range(0, len(batches), parts):
+        for part, batch in zip(rng.permutation(parts), batches[start : start + parts]):
+            dealt[part].extend(batch.tolist())
     return [np.array(sorted(p), dtype=np.int64) for p in dealt]
 
 
@@ -272,11 +280,11 @@ class ElasticEvaluator(FinetuneEvaluator):
         """(metric or bound, mean loss, fraction read) of the model as it is: see the module's early stopping."""
         data = self.val_set
         n = len(data) if self.recipe.val_examples is None else min(self.recipe.val_examples, len(data))
-        parts = stratified_parts([len(ids) for ids in data.ids[:n]], self.chunks, self.seed)
+        batch_size = self.recipe.eval_batch_size or default_eval_batch_size(self.device)
+        parts = stratified_parts([len(ids) for ids in data.ids[:n]], self.chunks, self.seed, batch_size)
         labels = data.labels[:n].numpy()
         reference = self._best[self.stop_top - 1] if len(self._best) >= self.stop_top else None
         level = 1 - (1 - self.early_stop) / (self.chunks - 1)  # Bonferroni over the looks after each part but the last
-        batch_size = self.recipe.eval_batch_size or default_eval_batch_size(self.device)
         preds, loss, read = np.empty(n, dtype=labels.dtype), 0.0, 0
         was_training = self.model.training
         self.model.eval()
