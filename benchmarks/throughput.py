@@ -15,7 +15,7 @@ same order. Printed, and written to ``throughput.json`` with a figure (``through
 - the fixed cost of an evaluation: seconds of a full elastic evaluation against one plain forward
   of the frozen model over the same examples (every adapter off, nothing merged);
 - evaluations per hour of each, their ratio, and the share of examples the early-stopping one read;
-- Kendall's tau between the early-stopping values (bounds where stopped) and the full scores, and
+- Kendall's tau between the early-stopping values (estimates where stopped) and the full scores, and
   the stops that hid a new best (a stopped map whose full score beats every map before it: the
   error stopping risks, to set against the confidence);
 - whether both pick the same best map;

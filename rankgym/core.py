@@ -27,9 +27,10 @@ class Evaluation:
         device: where it ran.
         cache_hit: answered from the store without training.
         error: why it failed (None when it did not).
-        fraction: the share of the evaluator's split it read; below 1 the scoring stopped early, once the
-            map could not reach a reference map, and ``metric`` is an upper bound on its full score
-            (see :class:`~rankgym.evaluators.elastic.ElasticEvaluator`'s ``early_stop``).
+        fraction: the share of the evaluator's work done; below 1 it stopped early (the elastic
+            evaluator's ``early_stop``: a share of the split read, once the map could not reach a
+            reference map; the finetune evaluator's ``pruner``: a share of the training), and
+            ``metric`` is an estimate from that part, not a full score.
     """
 
     metric: float
@@ -48,7 +49,7 @@ class Evaluation:
 
     @property
     def stopped(self) -> bool:
-        """Scored on part of the split only: ``metric`` is a bound, never a score to compare as one."""
+        """Stopped part-way: ``metric`` is an estimate, never a score to compare as one."""
         return self.fraction < 1.0
 
     def to_dict(self) -> dict[str, Any]:

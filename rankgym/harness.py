@@ -38,7 +38,7 @@ class Progress:
     def __call__(self, kind: str, info: dict[str, Any], reward: float) -> None:
         if kind == "reset":
             return
-        if info.get("fraction", 1.0) < 1.0:  # a bound, not a score (early stopping): counted, never the best
+        if info.get("fraction", 1.0) < 1.0:  # an estimate, not a score (stopped early): counted, never the best
             self.stopped += 1
         elif info["error"] is None and info["score"] > self.best:
             self.best, self.metric = info["score"], info["metric"]

@@ -71,7 +71,7 @@ def candidates(rows: list[dict[str, Any]], top_k: int, initial: dict[str, int],
     ``extra`` (label, ranks) maps, each once: a map already chosen gets the other's name beside its own."""
     seen: set[str] = set()
     chosen = []
-    scored = (r for r in rows if r["error"] is None and r["score"] is not None and r.get("fraction") is None)  # a stopped score is a bound
+    scored = (r for r in rows if r["error"] is None and r["score"] is not None and r.get("fraction") is None)  # a stopped score is an estimate
     for row in sorted(scored, key=lambda r: -r["score"]):
         ranks = json.loads(row["rank_map"])
         key = json.dumps(ranks, sort_keys=True)

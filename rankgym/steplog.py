@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS steps (
     label TEXT,                    -- a baseline's name
     metric REAL, params INTEGER, cost REAL, reward REAL, score REAL, seconds REAL,
     cache_hit INTEGER, error TEXT, rank_map TEXT, created REAL,
-    fraction REAL,                 -- share of the split read where scoring stopped early (metric: a bound); NULL: all of it
+    fraction REAL,                 -- share of the split read where scoring stopped early (metric: an estimate); NULL: all of it
     UNIQUE (worker, idx)
 );
 """

@@ -6,7 +6,7 @@ file: writes are single INSERT OR IGNORE statements keyed by a hash of what deci
 result: a process that computed the same map concurrently gets the stored one back from
 :meth:`EvaluationStore.put` and acts on it. Failures are stored too (their own table), so a resumed
 search meets the same failure instead of a different result, unless it asks to retry them.
-Scores stopped early (:attr:`~rankgym.core.Evaluation.stopped`: a bound, not a score) have their own
+Scores stopped early (:attr:`~rankgym.core.Evaluation.stopped`: an estimate, not a score) have their own
 table as well: only a caller that stops early itself is answered from it, :meth:`evaluations` (what
 surrogate tables, replays and reports read) never lists them, and a full score replaces one.
 """
@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS stopped (
     key TEXT PRIMARY KEY,          -- as in evaluations; a later full score removes it
     context TEXT NOT NULL,
     rank_map TEXT NOT NULL,
-    bound REAL NOT NULL,           -- the upper bound on the full score the agent was given
+    value REAL NOT NULL,           -- what the agent was given: an estimate from the part done
     fraction REAL NOT NULL,        -- share of the split read before stopping
     params INTEGER NOT NULL,
     seconds REAL NOT NULL,
@@ -155,10 +155,10 @@ class EvaluationStore:
                 error, params, seconds, device = row
                 return Evaluation(float("nan"), params, seconds, device=device, cache_hit=True, error=error)
         if stopped:
-            row = self.db.execute("SELECT bound, fraction, params, seconds, device FROM stopped WHERE key = ?", (key,)).fetchone()
+            row = self.db.execute("SELECT value, fraction, params, seconds, device FROM stopped WHERE key = ?", (key,)).fetchone()
             if row is not None:
-                bound, fraction, params, seconds, device = row
-                return Evaluation(bound, params, seconds, device=device, cache_hit=True, fraction=fraction)
+                value, fraction, params, seconds, device = row
+                return Evaluation(value, params, seconds, device=device, cache_hit=True, fraction=fraction)
         return None
 
     def put(self, context: str, rank_map: RankMap, evaluation: Evaluation, state_key: str = "") -> Evaluation:
@@ -180,7 +180,7 @@ class EvaluationStore:
             return evaluation
         if evaluation.stopped:
             self.db.execute(
-                "INSERT OR REPLACE INTO stopped (key, context, rank_map, bound, fraction, params, seconds, device, created) "
+                "INSERT OR REPLACE INTO stopped (key, context, rank_map, value, fraction, params, seconds, device, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, context, rank_map.key(), evaluation.metric, evaluation.fraction, evaluation.params, evaluation.seconds,
                  evaluation.device, time.time()),

@@ -119,7 +119,7 @@ def test_candidates_are_distinct_best_first_and_end_with_the_initial_map():
     labelled = candidates([row(0.9, {"a": 2, "b": 2}, "uniform-2")], 1, {"a": 2, "b": 2}, [("prilora-2", {"a": 2, "b": 2})])
     assert [(c["label"], c["roles"]) for c in labelled] == [("uniform-2 (= prilora-2)", ["search", "uniform", "heuristic"])]
     stopped = candidates([{**row(0.95, {"a": 1, "b": 0}), "fraction": 0.25}, row(0.6, {"a": 0, "b": 1})], 1, {"a": 2, "b": 2})
-    assert [c["label"] for c in stopped] == ["search #1", "uniform-2"] and stopped[0]["ranks"] == {"a": 0, "b": 1}  # a bound is no score
+    assert [c["label"] for c in stopped] == ["search #1", "uniform-2"] and stopped[0]["ranks"] == {"a": 0, "b": 1}  # an estimate is no score
 
 
 def promoted_row(label, params, score_values, values):

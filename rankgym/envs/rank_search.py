@@ -208,7 +208,7 @@ class RankSearchEnv(gym.Env):
             "rank_map": dict(rank_map.ranks),
             "projected": self.projected,
             "error": evaluation.error,
-            "fraction": evaluation.fraction,  # below 1: scoring stopped early and metric is an upper bound
+            "fraction": evaluation.fraction,  # below 1: stopped early, and metric is an estimate from the part done
         }
         if evaluation.ok and not evaluation.stopped and (self.best is None or score > self.best["score"]):
             self.best = {"score": score, "rank_map": rank_map, "evaluation": evaluation, "cost": cost}

@@ -25,8 +25,8 @@ every example's prediction. After each part but the last, the map is compared wi
 map on the examples read so far (the ``stop_top``-th best map fully scored by this evaluator, whose
 predictions are kept): where a paired bootstrap bound says, at the confidence (Bonferroni-split
 over the looks), that the map's metric is below the reference's, scoring stops. Its :class:`Evaluation` then has ``fraction`` < 1 and, as its metric, the reference's
-full score plus the bound: an upper bound on what the map would have scored, below the reference, so
-an agent can act on it and a stopped map is never among the best. Such a score then depends on the
+full score plus the paired difference observed on the examples read (at most the bound, so below
+the reference): an estimate an agent can act on, and a stopped map is never among the best. Such a score then depends on the
 maps scored before it, so the identity carries the setting and the store keeps stopped scores apart.
 
 The trained adapter is saved (safetensors) in ``cache_dir`` under a hash of everything that decides
@@ -295,8 +295,10 @@ class ElasticEvaluator(FinetuneEvaluator):
                 if reference is not None and read < n:
                     seen = np.concatenate(parts[: look + 1])
                     bound = paired_upper_bound(data.metric, preds[seen], reference[1][seen], labels[seen], level, seed=look)
-                    if bound < 0:
-                        return reference[0] + bound, loss / read, read / n
+                    if bound < 0:  # the agent gets the paired estimate: the bound alone ranked stopped maps near the reference
+                        observed = (compute_metric(data.metric, preds[seen], labels[seen])
+                                    - compute_metric(data.metric, reference[1][seen], labels[seen]))
+                        return reference[0] + min(observed, bound), loss / read, read / n
         finally:
             self.model.train(was_training)
         metric = compute_metric(data.metric, preds, labels)
