@@ -31,7 +31,7 @@ def cli(*args: str) -> str:
     return subprocess.run([sys.executable, "-m", "rankgym.cli", *args], check=True, stdout=subprocess.PIPE, text=True).stdout
 
 
-def search(agent: str, task: str, budget: float, maps: int, folder: Path) -> None:
+def search(agent: str, task: str, budget: float, maps: int, folder: Path, draws: str) -> None:
     out = folder / agent
     if (out / "summary.json").is_file():
         return
@@ -40,7 +40,7 @@ def search(agent: str, task: str, budget: float, maps: int, folder: Path) -> Non
         return
     cli("search", f"RankSearch-minilm-{task}-v0", "--agent", agent, "--budget", str(maps), "--seed", "0", "--no-promote", "--no-report",
         "--out", str(out), "--param-budget", str(budget), "--env", "rank_step=1", "--env", "evaluator='elastic'",
-        "--env", f"store='{folder / 'store.sqlite'}'")
+        "--env", f"store='{folder / 'store.sqlite'}'", "--env", f"elastic_draws='{draws}'")
 
 
 def main() -> None:
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["cola"])
     parser.add_argument("--param-budget", type=float, default=16588, help="a parameter count, or a fraction of uniform rank 16")
     parser.add_argument("--maps", type=int, default=500, help="evaluations of the random search (the heuristics included)")
+    parser.add_argument("--elastic-draws", default="grid", choices=["grid", "budget"],
+                        help="the elastic adapter's training draws (the shipped tables were recorded with grid draws)")
     parser.add_argument("--out", default="runs/score-tables")
     parser.add_argument("--ship", action="store_true", help="copy each table into rankgym/data")
     args = parser.parse_args()
@@ -56,8 +58,8 @@ def main() -> None:
         folder = Path(args.out) / task
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        search("random", task, budget, args.maps, folder)
-        search("presets", task, budget, args.maps, folder)
+        search("random", task, budget, args.maps, folder, args.elastic_draws)
+        search("presets", task, budget, args.maps, folder, args.elastic_draws)
         table = folder / f"surrogate-minilm-{task}-elastic.json"
         print(cli("surrogate", str(folder / "store.sqlite"), "--out", str(table), "--evaluator", "elastic").splitlines()[0])
         print(f"{task}: {time.time() - started:.0f} s")

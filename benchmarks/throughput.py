@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py                                  # MiniLM x SST-2 at 40 % of uniform-16
     python benchmarks/throughput.py --task stsb --maps 96 --early-stop 0.9 --chunks 8
-    python benchmarks/throughput.py --task cola --param-budget 0.025 --env "elastic_draws='budget'"
+    python benchmarks/throughput.py --task cola --param-budget 0.025 --finetune-maps 12     # elastic draws within the budget (the default)
     python benchmarks/throughput.py --finetune-maps 24 --pruner sha        # and the finetune evaluator's pruner
 
 One elastic adapter (trained once, or loaded from ``--out``'s cache), two evaluators on it: one reads

@@ -181,9 +181,15 @@ def test_budget_draws_train_the_adapter_on_maps_within_the_budget_and_the_sandwi
         assert "draw_budget" not in evaluator.identity()
 
 
-def test_budget_draws_need_a_budget():
+def test_budget_draws_are_the_default_under_a_budget_and_need_one(sst2_dir):
     from rankgym.errors import ConfigError
+    from rankgym.evaluators.factory import build_evaluator
     from rankgym.registry import EnvConfig
+
+    under = EnvConfig.for_env("RankSearch-tiny-sst2-v0", {"evaluator": "elastic", "param_budget": 0.1, "data_dir": str(sst2_dir)})
+    assert under.draw_budget == 0.1 and build_evaluator(under).identity()["draw_budget"] == 0.1
+    assert EnvConfig.for_env("RankSearch-tiny-sst2-v0", {"evaluator": "elastic", "param_budget": 0.1, "elastic_draws": "grid"}).draw_budget is None
+    assert EnvConfig.for_env("RankSearch-tiny-sst2-v0", {"evaluator": "elastic"}).draw_budget is None
 
     with pytest.raises(ConfigError, match="pass a param_budget too"):
         EnvConfig.from_kwargs({"evaluator": "elastic", "elastic_draws": "budget"})
