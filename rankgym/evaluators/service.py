@@ -3,7 +3,8 @@
 Every caller that evaluates maps (the environment and so every agent and ``rankgym allocate``,
 promotion, the fidelity benchmark) goes through an
 :class:`EvaluationService`, so the rules live here once: the store answers what it holds (a
-failure too, unless retried; a score stopped early only to an evaluator that stops early itself), repeated maps in one call are evaluated once, the maps left go to
+failure too, unless retried; a score stopped early only to an evaluator that stops early
+itself), repeated maps in one call are evaluated once, the maps left go to
 the evaluator in one ``evaluate_many`` call where it has one (batched, Ray), every result is
 written to the store at once, and only a failure of the map itself
 (:func:`~rankgym.core.is_map_failure`) becomes a stored result: anything else propagates and
