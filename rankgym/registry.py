@@ -156,8 +156,7 @@ class EnvConfig:
         Budget draws are the default under a budget: on MiniLM x CoLA and x MRPC at 5 % of uniform
         rank 8 they scored the free heuristics as full retrains order them, where grid draws put EVA's
         map 15 points too low (docs/elastic.md)."""
-        draws = self.elastic_draws or ("grid" if self.param_budget is None else "budget")
-        return self.param_budget if draws == "budget" else None
+        return None if self.elastic_draws == "grid" else self.param_budget  # 'budget' is refused without one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
