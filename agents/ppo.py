@@ -51,10 +51,13 @@ class Args(SearchArgs):
 
 def _ppo(env, args: Args, n_steps: int, learning_rate: float, seed: int):
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
 
-    return PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, n_steps=n_steps, batch_size=min(64, n_steps * env.num_envs),
-               n_epochs=10, learning_rate=learning_rate, gamma=1.0, gae_lambda=1.0, ent_coef=args.ent_coef,
-               policy_kwargs={"net_arch": [64, 64]})
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, n_steps=n_steps, batch_size=min(64, n_steps * env.num_envs),
+                n_epochs=10, learning_rate=learning_rate, gamma=1.0, gae_lambda=1.0, ent_coef=args.ent_coef,
+                policy_kwargs={"net_arch": [64, 64]})
+    model.set_logger(Logger(None, []))  # SB3's default logger makes an empty /tmp/SB3-<date> folder on every learn()
+    return model
 
 
 def run(args: Args) -> dict[str, Any]:
@@ -63,6 +66,7 @@ def run(args: Args) -> dict[str, Any]:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from rankgym.envs.allocation import RankAllocationEnv
@@ -89,6 +93,7 @@ def run(args: Args) -> dict[str, Any]:
         model = PPO.load(str(path), env=venv, device="cpu", seed=args.seed,
                          custom_objects={"n_steps": n_steps, "batch_size": min(64, n_steps), "learning_rate": args.learning_rate,
                                          "ent_coef": args.ent_coef})
+        model.set_logger(Logger(None, []))
         # the policy's most likely map first: what it learned, before any exploration
         obs, finished = alloc.reset(seed=args.seed)[0], False
         while not finished:

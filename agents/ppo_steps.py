@@ -58,6 +58,7 @@ def run(args: Args) -> dict[str, Any]:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
 
     from rankgym.envs.vector import RankSearchVecEnv
@@ -114,6 +115,7 @@ def run(args: Args) -> dict[str, Any]:
         learning_rate=hp["learning_rate"], gamma=hp["gamma"], gae_lambda=hp["gae_lambda"], ent_coef=hp["ent_coef"],
         clip_range=hp["clip_range"], policy_kwargs={"net_arch": hp["net_arch"]},
     )
+    model.set_logger(Logger(None, []))  # SB3's default logger makes an empty /tmp/SB3-<date> folder on every learn()
     checkpoints = CheckpointCallback(max(1, hp["checkpoint_every"] // args.n_envs), str(run_dir.path / "checkpoints"), name_prefix="ppo")
     model.learn(total_timesteps=args.budget, callback=CallbackList([Budget(), checkpoints]))
     model.save(str(run_dir.path / "checkpoints" / "ppo_final"))

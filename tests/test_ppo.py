@@ -156,3 +156,16 @@ def test_a_policy_pretrained_on_fakes_and_a_real_score_table_loads_and_acts_on_t
     for _ in range(env.n_modules):
         obs, _, terminated, _, info = env.step(int(policy.predict(obs, deterministic=True)[0]))
     assert terminated and info["params"] <= env.search.budget
+
+
+@pytest.mark.parametrize("agent", ["ppo", "ppo-steps"])
+def test_a_search_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch, agent):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where SB3's default logger would make SB3-<date>/
+    result = CliRunner().invoke(main, ["search", "RankSearch-fake-calibrated-v0", "--agent", agent, "--budget", "40", "--out",
+                                       str(tmp_path / "run"), "--no-promote", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert list(scratch.iterdir()) == []
