@@ -48,8 +48,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["cola"])
     parser.add_argument("--param-budget", type=float, default=16588, help="a parameter count, or a fraction of uniform rank 16")
     parser.add_argument("--maps", type=int, default=500, help="evaluations of the random search (the heuristics included)")
-    parser.add_argument("--elastic-draws", default="grid", choices=["grid", "budget"],
-                        help="the elastic adapter's training draws (the shipped tables were recorded with grid draws)")
+    parser.add_argument("--elastic-draws", default="budget", choices=["grid", "budget"],
+                        help="the elastic adapter's training draws (the env's default, budget; CoLA's shipped table was recorded with grid)")
     parser.add_argument("--out", default="runs/score-tables")
     parser.add_argument("--ship", action="store_true", help="copy each table into rankgym/data")
     args = parser.parse_args()
@@ -66,6 +66,8 @@ def main() -> None:
         if args.ship:
             recorded = json.loads(table.read_text())
             recorded["param_budget"] = budget  # the maps cover this budget only: the env id defaults to it
+            recorded["made_by"] = (f"benchmarks/score_tables.py --tasks {task} --param-budget {budget} --maps {args.maps} "
+                                   f"--elastic-draws {args.elastic_draws}")
             (ROOT / "rankgym" / "data" / table.name).write_text(json.dumps(recorded, separators=(",", ":")) + "\n")
             print(f"shipped as rankgym/data/{table.name}")
 
