@@ -208,6 +208,8 @@ SURROGATE_ID = "RankSearch-minilm-sst2-surrogate-v0"  # the first shipped table:
 SURROGATES: dict[str, dict[str, Any]] = {
     "sst2": {},  # 1,000 random maps of ranks 0..16 in steps of 2, no budget
     "cola": dict(param_budget=16588, rank_step=1),  # 5 % of uniform rank 8, where CoLA's headroom is largest: 501 maps
+    "mrpc": dict(param_budget=16588, rank_step=1),  # 5 % as well (headroom 2.2 points there, 1.5 at 12.5 %), budget draws: 501 maps
+    "stsb": dict(param_budget=16588, rank_step=1),  # 5 %, budget draws: 501 maps
 }
 
 
