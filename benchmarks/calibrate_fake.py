@@ -17,7 +17,7 @@ maps weighted 4x: they carry the structure, the random maps are mostly seed nois
 real scores: on each shipped table (random maps of that task's elastic adapter, its own metric), the
 error of the calibrated shape with only floor and span refitted, of a shape fitted to that table
 alone, and of one shape fitted to all the tables named (each with its own floor and span), as RMS
-error and as the share of the maps' variance explained (R^2, held out: grouped 5-fold by map).
+error and as the share of the maps' variance explained (R^2, held out: 5-fold over the maps).
 """
 
 from __future__ import annotations
