@@ -133,10 +133,8 @@ def main() -> None:
     real = np.array(list(PROBES.values()) + list(FIDELITY.values()))
     floor = PROBES["zero"]
 
-    def model(p: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-        span, mid, width, weights = p[0], p[1], p[2], p[3:]
-        a = weights[kind] / (1 + np.exp(-(depth - mid) / width))
-        return floor + span * (1 - np.exp(-(a * np.log1p(ranks / RANK_SCALE)).sum(-1)))
+    def model(p: np.ndarray, ranks: np.ndarray) -> np.ndarray:  # p = (span, depth_mid, depth_width, six kind weights)
+        return profile(p[1:], floor, p[0], kind, depth, ranks)
 
     def residuals(p: np.ndarray) -> np.ndarray:
         return np.concatenate([model(p, random_ranks) - random_scores, 4 * (model(p, probe) - real)])
