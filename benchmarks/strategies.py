@@ -4,6 +4,8 @@
     python benchmarks/strategies.py --tasks cola rte mrpc --fractions 0.05 0.125 0.25
     python benchmarks/strategies.py --strategies tpe adalora --headroom-seeds 2
     python benchmarks/strategies.py --tasks mrpc --env score_examples=1000 --out runs/strategies-score1000
+    python benchmarks/strategies.py --tasks cola mrpc --fractions 0.05 --strategies ppo tpe --evaluations 128 \
+        --search-seeds 3 --ppo-policy cola=runs/ppo-no-cola.zip --ppo-policy mrpc=runs/ppo-no-mrpc.zip   # held-out tasks
 
 For each task and budget (a fraction of uniform rank 8's adapter parameters on MiniLM, whose 36
 modules at rank 1 cost exactly 12.5 %), everything runs through the CLI in fresh processes, as a
@@ -20,6 +22,11 @@ user would, on one store per task (``--env store=``), so the elastic adapter, th
    chooses on the score split and reports the validation split, which no strategy read. By default
    every row gets every seed (``--promote-halving 0``), and what successive halving would have
    chosen and saved is replayed on those complete tables (:func:`rankgym.promotion.replay_halving`).
+
+``--search-seeds N`` runs every search with seeds 0..N-1 (each promoted; the store shares the
+heuristics' retrains) and adds a row per strategy that summarises its promoted answers over the
+search seeds. ``--ppo-policy TASK=POLICY`` starts PPO on TASK from POLICY (``--set pretrained=``),
+e.g. one pretrained without TASK (``agents/ppo.py --pretrain``), to test it on a task it never saw.
 
 The table gives, per cell, the free heuristics' rows, each strategy's own answer and what its
 promotion answered, and a verdict against the best free heuristic (the one promotion's rule puts
@@ -62,18 +69,25 @@ def headroom(env_id: str, store: Path, budget: int, seeds: int, cell: Path, extr
     return json.loads(path.read_text())
 
 
-def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int, cell: Path, halving: float, extra: list[str]) -> dict:
-    """One strategy's run, promoted; returns its summary (and the run's wall seconds)."""
-    out = cell / name
+def run_name(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
+def strategy(name: str, env_id: str, store: Path, budget: int, evaluations: int, cell: Path, halving: float, extra: list[str],
+             seed: int = 0, policy: str | None = None) -> dict:
+    """One strategy's run with search seed ``seed``, promoted; returns its summary (and the run's wall seconds).
+    ``policy``: PPO's pretrained policy (default: the shipped one)."""
+    out = cell / run_name(name, seed)
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
     started = time.time()
     if (out / "config.json").is_file():
         cli("search", "--resume", str(out), "--no-report")
     else:
-        cli("search", env_id, "--agent", name, "--out", str(out), "--budget", str(evaluations), "--seed", "0",
+        cli("search", env_id, "--agent", name, "--out", str(out), "--budget", str(evaluations), "--seed", str(seed),
             "--promote", "1", "--promote-halving", str(halving), "--no-report", *env_options(budget, extra), "--env", f"store='{store}'",
-            *(["--env", "evaluator='elastic'"] if name in SEARCHES else []), *ONE_SHOT.get(name, []))
+            *(["--env", "evaluator='elastic'"] if name in SEARCHES else []), *ONE_SHOT.get(name, []),
+            *(["--set", f"pretrained={policy}"] if policy and name == "ppo" else []))
     summary = json.loads((out / "summary.json").read_text())
     summary["benchmark_seconds"] = time.time() - started  # search and promotion, this process's part of it
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -108,12 +122,33 @@ def cell_rows(summaries: dict[str, dict]) -> tuple[list[dict], dict | None]:
     return rows, best
 
 
+def across_seeds(rows: list[dict], best: dict | None) -> dict[str, dict]:
+    """Per search strategy, its promoted answers over the search seeds: the mean and std of their
+    validation means (search and retrain noise together), against the best free heuristic."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["kind"] == "promoted":
+            name = r["strategy"].removesuffix(" promoted").split("-seed")[0]
+            out.setdefault(name, {"means": [], "winners": []})
+            out[name]["means"].append(r["mean"])
+            out[name]["winners"].append(r["winner_label"])
+    for name, agg in out.items():
+        agg["mean"] = statistics.fmean(agg["means"])
+        agg["std"] = statistics.stdev(agg["means"]) if len(agg["means"]) > 1 else 0.0
+        if best is not None:
+            agg["verdict"] = verdict(agg, best)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["mrpc"])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125], help="budgets, as fractions of uniform rank 8's parameters")
     parser.add_argument("--strategies", nargs="*", default=["tpe", "ppo", "adalora"], choices=list(ALL))
     parser.add_argument("--evaluations", type=int, default=64, help="elastic evaluations of each search")
+    parser.add_argument("--search-seeds", type=int, default=1, help="seeds of every search (0..N-1), each run promoted")
+    parser.add_argument("--ppo-policy", action="append", default=[], metavar="TASK=POLICY",
+                        help="PPO's pretrained policy on TASK (repeatable; default the shipped one), e.g. one pretrained without TASK")
     parser.add_argument("--headroom-seeds", type=int, default=2, help="elastic adapters the headroom's noise is measured over")
     parser.add_argument("--promote-halving", type=float, default=0.0,
                         help="promotion's successive halving (0: every row gets every seed, and halving is replayed on the full tables)")
@@ -122,6 +157,10 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="gym.make override of every run, e.g. score_examples=1000 (cell folders are reused, so give each setting its own --out)")
     args = parser.parse_args()
+    policies = dict(item.split("=", 1) for item in args.ppo_policy)
+    for task, policy in policies.items():
+        if not Path(policy).is_file():
+            parser.error(f"--ppo-policy {task}={policy}: no such file; pretrain one: python agents/ppo.py --pretrain {policy}")
 
     import gymnasium as gym
 
@@ -148,8 +187,10 @@ def main() -> None:
                 if name in AT_LEAST_RANK_1 and adapter_params(modules, [1] * len(modules)) > budget:
                     print(f"  {name}: skipped, it needs at least uniform rank 1's parameters", flush=True)
                     continue
-                print(f"  {name}: search and promotion", flush=True)
-                summaries[name] = strategy(name, env_id, store, budget, args.evaluations, cell, args.promote_halving, args.env)
+                for seed in range(args.search_seeds if name in SEARCHES else 1):
+                    print(f"  {run_name(name, seed)}: search and promotion", flush=True)
+                    summaries[run_name(name, seed)] = strategy(name, env_id, store, budget, args.evaluations, cell, args.promote_halving,
+                                                               args.env, seed, policies.get(task))
             if not summaries:  # the headroom alone
                 continue
             rows, best = cell_rows(summaries)
@@ -159,7 +200,8 @@ def main() -> None:
 
                 replays = {name: replay_halving(s["promotion"], 3.0) for name, s in summaries.items()}
             table.append({"task": task, "fraction": fraction, "headroom": room, "best_heuristic": best and best["label"], "rows": rows,
-                          "halving_replays": replays})
+                          "halving_replays": replays, "across_seeds": across_seeds(rows, best) if args.search_seeds > 1 else {},
+                          "ppo_policy": policies.get(task)})
             (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     if not table:
         return
@@ -193,6 +235,11 @@ def markdown(table: list[dict]) -> list[str]:
             run = f"{r['run_seconds']:.0f}" if "run_seconds" in r else ""
             lines.append(f"| {r['strategy']} | {r['label']} | {fmt(r)} | {r['score_mean']:.4f} ± {r['score_std']:.4f} | {r['params']:,} | "
                          f"{retrain:.0f} | {run} | {note.strip()} |")
+        for name, agg in cell.get("across_seeds", {}).items():
+            policy = f" (pretrained policy {Path(cell['ppo_policy']).name})" if name == "ppo" and cell.get("ppo_policy") else ""
+            lines.append(f"- {name}{policy} over {len(agg['means'])} search seeds, promoted answers: validation {agg['mean']:.4f} ± "
+                         f"{agg['std']:.4f} (std across seeds), {agg.get('verdict', '')} the best heuristic; answers "
+                         f"{', '.join(agg['winners'])}")
         for name, replay in cell.get("halving_replays", {}).items():
             lines.append(f"- halving (3 spreads) replayed on {name}'s promotion: winner {replay['winner']} "
                          f"({'the same as' if replay['same'] else 'not'} every seed's {replay['full_winner']}; validation gap "
