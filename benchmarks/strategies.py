@@ -123,18 +123,23 @@ def cell_rows(summaries: dict[str, dict]) -> tuple[list[dict], dict | None]:
 
 
 def across_seeds(rows: list[dict], best: dict | None) -> dict[str, dict]:
-    """Per search strategy, its promoted answers over the search seeds: the mean and std of their
-    validation means (search and retrain noise together), against the best free heuristic."""
+    """Per search strategy, over its search seeds: the mean and std of the validation means of its
+    own answers and of its promoted answers (search and retrain noise together), the latter against
+    the best free heuristic."""
     out: dict[str, dict] = {}
     for r in rows:
-        if r["kind"] == "promoted":
-            name = r["strategy"].removesuffix(" promoted").split("-seed")[0]
-            out.setdefault(name, {"means": [], "winners": []})
-            out[name]["means"].append(r["mean"])
-            out[name]["winners"].append(r["winner_label"])
-    for name, agg in out.items():
-        agg["mean"] = statistics.fmean(agg["means"])
-        agg["std"] = statistics.stdev(agg["means"]) if len(agg["means"]) > 1 else 0.0
+        if r["kind"] in ("answer", "promoted"):
+            agg = out.setdefault(r["strategy"].removesuffix(" promoted").split("-seed")[0], {"means": [], "winners": [], "answers": []})
+            if r["kind"] == "answer":
+                agg["answers"].append(r["mean"])
+            else:
+                agg["means"].append(r["mean"])
+                agg["winners"].append(r["winner_label"])
+    spread = lambda values: statistics.stdev(values) if len(values) > 1 else 0.0  # noqa: E731
+    for agg in out.values():
+        agg["mean"], agg["std"] = statistics.fmean(agg["means"]), spread(agg["means"])
+        if agg["answers"]:
+            agg["answer_mean"], agg["answer_std"] = statistics.fmean(agg["answers"]), spread(agg["answers"])
         if best is not None:
             agg["verdict"] = verdict(agg, best)
     return out
@@ -237,8 +242,9 @@ def markdown(table: list[dict]) -> list[str]:
                          f"{retrain:.0f} | {run} | {note.strip()} |")
         for name, agg in cell.get("across_seeds", {}).items():
             policy = f" (pretrained policy {Path(cell['ppo_policy']).name})" if name == "ppo" and cell.get("ppo_policy") else ""
-            lines.append(f"- {name}{policy} over {len(agg['means'])} search seeds, promoted answers: validation {agg['mean']:.4f} ± "
-                         f"{agg['std']:.4f} (std across seeds), {agg.get('verdict', '')} the best heuristic; answers "
+            own = f"its own answers {agg['answer_mean']:.4f} ± {agg['answer_std']:.4f}; " if "answer_mean" in agg else ""
+            lines.append(f"- {name}{policy} over {len(agg['means'])} search seeds (validation, std across seeds): {own}promoted "
+                         f"{agg['mean']:.4f} ± {agg['std']:.4f}, {agg.get('verdict', '')} the best heuristic; promoted answers "
                          f"{', '.join(agg['winners'])}")
         for name, replay in cell.get("halving_replays", {}).items():
             lines.append(f"- halving (3 spreads) replayed on {name}'s promotion: winner {replay['winner']} "
