@@ -24,8 +24,8 @@ user would, on one store per task (``--env store=``), so the elastic adapter, th
    chosen and saved is replayed on those complete tables (:func:`rankgym.promotion.replay_halving`).
 
 ``--search-seeds N`` runs every search with seeds 0..N-1 (each promoted; the store shares the
-heuristics' retrains) and adds a row per strategy that summarises its promoted answers over the
-search seeds. ``--ppo-policy TASK=POLICY`` starts PPO on TASK from POLICY (``--set pretrained=``),
+heuristics' retrains) and adds a line per strategy that summarises its own and its promoted
+answers over the search seeds. ``--ppo-policy TASK=POLICY`` starts PPO on TASK from POLICY (``--set pretrained=``),
 e.g. one pretrained without TASK (``agents/ppo.py --pretrain``), to test it on a task it never saw.
 
 The table gives, per cell, the free heuristics' rows, each strategy's own answer and what its
