@@ -23,32 +23,28 @@ from pathlib import Path
 import numpy as np
 
 
-def groups(modules: list[dict]) -> dict[str, list[int]]:
-    """Module indices per kind (``kind:query``) and per block (``block:0``)."""
-    out: dict[str, list[int]] = {}
-    for i, m in enumerate(modules):
-        out.setdefault(f"kind:{m['kind']}", []).append(i)
-    for i, m in enumerate(modules):
-        out.setdefault(f"block:{m['layer']}", []).append(i)
-    return out
+def group_params(modules, ranks: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Each module kind's and block's name (``kind:query``, ``block:0``) and, per map (rows of ``ranks``),
+    its adapter parameters in thousands: the group columns of the surrogate's :func:`features`."""
+    from rankgym.evaluators.surrogate import features
+
+    names = [f"kind:{k}" for k in dict.fromkeys(m.kind for m in modules)] + [f"block:{b}" for b in dict.fromkeys(m.layer for m in modules)]
+    return names, features(modules, ranks)[:, len(modules) : len(modules) + len(names)]
 
 
-def shares(ranks: np.ndarray, cost: np.ndarray, members: dict[str, list[int]]) -> np.ndarray:
-    """Per map (rows of ``ranks``), each group's share of the map's adapter parameters (0 where the map has none)."""
-    params = np.atleast_2d(ranks) * cost
-    total = params.sum(1, keepdims=True)
-    per_group = np.stack([params[:, idx].sum(1) for idx in members.values()], axis=1)
-    return np.divide(per_group, total, out=np.zeros_like(per_group), where=total > 0)
+def shares(params: np.ndarray, names: list[str]) -> np.ndarray:
+    """Each group's share of its map's adapter parameters (0 where the map has none)."""
+    total = params[:, [n.startswith("kind:") for n in names]].sum(1, keepdims=True)  # the kinds partition the modules
+    return np.divide(params, total, out=np.zeros_like(params), where=total > 0)
 
 
-def slopes(ranks: np.ndarray, cost: np.ndarray, metric: np.ndarray, members: dict[str, list[int]], prefix: str) -> dict[str, float]:
+def slopes(params: np.ndarray, names: list[str], metric: np.ndarray, prefix: str) -> dict[str, float]:
     """Metric points per 1,000 parameters in each group of ``prefix``, from one least-squares fit over the table."""
     from sklearn.linear_model import LinearRegression
 
-    names = [g for g in members if g.startswith(prefix)]
-    x = np.stack([(ranks[:, members[g]] * cost[members[g]]).sum(1) / 1000 for g in names], axis=1)
-    fit = LinearRegression().fit(x, metric)
-    return {g: 100 * float(c) for g, c in zip(names, fit.coef_)}
+    columns = [i for i, n in enumerate(names) if n.startswith(prefix)]
+    fit = LinearRegression().fit(params[:, columns], metric)
+    return {names[i]: 100 * float(c) for i, c in zip(columns, fit.coef_)}
 
 
 def greedy_map(task: str, policy: str) -> tuple[list[int], float]:
@@ -69,25 +65,23 @@ def greedy_map(task: str, policy: str) -> tuple[list[int], float]:
 
 
 def analyse(task: str, policy: str | None, top: float) -> dict:
-    from rankgym.evaluators.surrogate import load_table, shipped_table
+    from rankgym.evaluators.surrogate import load_table, shipped_table, table_modules
 
     table = load_table(shipped_table(task))
-    modules = table["modules"]
-    cost = np.array([m["in_features"] + m["out_features"] for m in modules], dtype=np.float64)
-    ranks = np.array([e["ranks"] for e in table["evaluations"]], dtype=np.float64)
+    modules = table_modules(table)
+    names, params = group_params(modules, np.array([e["ranks"] for e in table["evaluations"]]))
     metric = np.array([e["metric"] for e in table["evaluations"]])
-    members = groups(modules)
-    every = shares(ranks, cost, members)
+    every = shares(params, names)
     best = metric >= np.quantile(metric, 1 - top)
     metric_name = table["identity"].get("metric", "accuracy")  # SST-2's table predates the field
-    result = {"task": task, "maps": len(metric), "metric": metric_name, "groups": list(members),
+    result = {"task": task, "maps": len(metric), "metric": metric_name, "groups": names,
               "all": every.mean(0).tolist(), "top": every[best].mean(0).tolist(),
-              "slope": {**slopes(ranks, cost, metric, members, "kind:"), **slopes(ranks, cost, metric, members, "block:")},
+              "slope": {**slopes(params, names, metric, "kind:"), **slopes(params, names, metric, "block:")},
               "table_best": float(metric.max())}
     if policy:
         chosen, score = greedy_map(task, policy)
         result.update(policy=str(policy), policy_ranks=chosen, policy_score=score,
-                      policy_shares=shares(np.array(chosen, dtype=np.float64), cost, members)[0].tolist())
+                      policy_shares=shares(group_params(modules, np.array(chosen))[1], names)[0].tolist())
     return result
 
 

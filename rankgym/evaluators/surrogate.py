@@ -65,6 +65,11 @@ def load_table(path: str | Path) -> dict:
     return table
 
 
+def table_modules(table: dict) -> list[ModuleInfo]:
+    """The modules a table was recorded on, as :class:`ModuleInfo` (JSON holds the spectrum as a list)."""
+    return [ModuleInfo(**{**m, "spectrum": tuple(m["spectrum"])}) for m in table["modules"]]
+
+
 def features(modules: list[ModuleInfo], ranks: np.ndarray) -> np.ndarray:
     """Per-module ranks, then adapter parameters per kind and per block (in thousands)."""
     ranks = np.atleast_2d(ranks).astype(np.float64)
@@ -88,7 +93,7 @@ def held_out_error(table: dict, folds: int = 5, seed: int = 0) -> dict[str, floa
     from scipy.stats import kendalltau
     from sklearn.model_selection import GroupKFold
 
-    modules = [ModuleInfo(**{**m, "spectrum": tuple(m["spectrum"])}) for m in table["modules"]]
+    modules = table_modules(table)
     ranks = np.array([e["ranks"] for e in table["evaluations"]])
     y = np.array([e["metric"] for e in table["evaluations"]])
     groups = [hashlib.sha1(r.tobytes()).hexdigest() for r in ranks]
@@ -115,7 +120,7 @@ class SurrogateEvaluator(Evaluator):
     def __init__(self, table: str | Path | None = None, seed: int = 0) -> None:
         path = Path(table) if table else SHIPPED
         self.table = load_table(path)
-        self._modules = [ModuleInfo(**{**m, "spectrum": tuple(m["spectrum"])}) for m in self.table["modules"]]
+        self._modules = table_modules(self.table)
         recorded = self.table["identity"]
         self.alpha_policy = recorded.get("alpha_policy", Evaluator.alpha_policy)
         self.split = f"surrogate of {recorded.get('scored_on', 'score')}"
