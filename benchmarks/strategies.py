@@ -111,9 +111,10 @@ def cell_rows(summaries: dict[str, dict]) -> tuple[list[dict], dict | None]:
             rows += [{**r, "strategy": r["label"], "kind": "heuristic"} for r in heuristics]
         own = next((r for r in table if "search" in r["roles"]), None)
         if own is not None:
-            rows.append({**own, "strategy": name, "kind": "answer", "run_seconds": summary.get("benchmark_seconds", summary["seconds"])})
+            rows.append({**own, "strategy": name, "agent": summary["agent"], "kind": "answer",
+                         "run_seconds": summary.get("benchmark_seconds", summary["seconds"])})
         winner = next(r for r in table if r["label"] == summary["promotion"]["winner"])
-        rows.append({**winner, "strategy": f"{name} promoted", "kind": "promoted", "winner_label": winner["label"],
+        rows.append({**winner, "strategy": f"{name} promoted", "agent": summary["agent"], "kind": "promoted", "winner_label": winner["label"],
                      "tied": summary["promotion"]["tied"]})
     best = max(heuristics, key=lambda r: r["choice"]) if heuristics else None
     for r in rows:
@@ -129,7 +130,7 @@ def across_seeds(rows: list[dict], best: dict | None) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for r in rows:
         if r["kind"] in ("answer", "promoted"):
-            agg = out.setdefault(r["strategy"].removesuffix(" promoted").split("-seed")[0], {"means": [], "winners": [], "answers": []})
+            agg = out.setdefault(r["agent"], {"means": [], "winners": [], "answers": []})
             if r["kind"] == "answer":
                 agg["answers"].append(r["mean"])
             else:
