@@ -3,16 +3,21 @@
     python benchmarks/fidelity.py                                   # MiniLM x SST-2, env budget vs 8,192 examples
     python benchmarks/fidelity.py --budget 1024 --budget 2048 --elastic 16384 --workers 2 --threads 1
     python benchmarks/fidelity.py --maps uniform-2 uniform-8 --no-full --lr 1e-3      # a recipe sweep
+    python benchmarks/fidelity.py --task cola --elastic 16384 --examples-curve 0.0625 0.125 0.25 0.5 --workers 2 --threads 1
 
 Every map of :func:`fidelity_maps` is scored by each cheap scorer on the score split (held out of
 training, as a search scores): the ``finetune`` evaluator at each ``--budget``, and the ``elastic``
 evaluator trained once on ``--elastic`` examples per seed. The reference is a full fine-tune
-validated on the validation split (as promotion reports). Every scorer and the reference run with
-every seed. It prints, per scorer, Kendall's tau and Spearman's rho between the cheap score (the
-mean over seeds, and single seeds) and the reference mean, the seed-to-seed standard deviation and
-the seconds per evaluation, then plots cheap against full. Every evaluation goes to a store
-(``--store``), and elastic adapters are saved beside it, so a killed run resumes and a rerun with
-more seeds or scorers only computes what is new.
+validated on the validation split (as promotion reports). The reference and the elastic adapter
+train with the task's full recipe (its epochs and max length), the cheap fine-tunes one pass. Every
+scorer and the reference run with every seed. It prints, per scorer, Kendall's tau and Spearman's
+rho between the cheap score (the mean over seeds, and single seeds) and the reference mean, the
+seed-to-seed standard deviation and the seconds per evaluation, then plots cheap against full. With
+``--examples-curve`` it also reads each elastic adapter's per-example results and prints tau of the
+task metric and of minus the mean loss (a continuous statistic) on random parts of the score split:
+how many examples a ranking needs. Every evaluation goes to a store (``--store``), and elastic
+adapters are saved beside it, so a killed run resumes and a rerun with more seeds or scorers only
+computes what is new.
 """
 
 from __future__ import annotations
@@ -79,25 +84,34 @@ class Job:
         return int(self.scorer.split("@")[1])
 
 
-def run_job(job: Job) -> list[dict]:
-    """Score ``job.maps`` with one resident evaluator, answering from the store where possible."""
+def make_evaluator(job: Job):
+    """The evaluator of ``job``'s scorer and seed: the task's full recipe (its epochs and max length,
+    as promotion and the env's elastic adapter train) on ``job.examples``; the cheap fine-tunes one
+    pass at the env's rate."""
     import torch
 
     from rankgym.evaluators.elastic import ElasticEvaluator
     from rankgym.evaluators.finetune import FinetuneEvaluator
-    from rankgym.evaluators.service import EvaluationService
-    from rankgym.store import EvaluationStore
-    from rankgym.training import Recipe
+    from rankgym.recipe import full_recipe
 
     torch.set_num_threads(job.threads)
-    # cheap fine-tunes train at the env's rate; the reference and the elastic adapter are long runs (the full recipe's rate)
-    lr = job.lr if job.scorer.startswith("score") else Recipe.lr
-    recipe = Recipe(train_examples=job.examples, lr=lr, max_grad_norm=job.max_grad_norm)
+    if job.scorer.startswith("score"):
+        recipe = full_recipe(job.task, train_examples=job.examples, epochs=1, lr=job.lr)
+    else:
+        recipe = full_recipe(job.task, train_examples=job.examples)
+    recipe = replace(recipe, max_grad_norm=job.max_grad_norm)  # None is a value here: no clipping
     common = dict(device="cpu", max_rank=MAX_RANK, alpha=job.alpha, alpha_mode=job.alpha_mode, rslora=job.rslora)
     if job.scorer.startswith("elastic"):
-        evaluator = ElasticEvaluator(job.backbone, job.task, recipe, job.seed, cache_dir=Path(job.store).parent / "elastic", **common)
-    else:
-        evaluator = FinetuneEvaluator(job.backbone, job.task, recipe, job.seed, score_on=job.scorer.split("@")[0], **common)
+        return ElasticEvaluator(job.backbone, job.task, recipe, job.seed, cache_dir=Path(job.store).parent / "elastic", **common)
+    return FinetuneEvaluator(job.backbone, job.task, recipe, job.seed, score_on=job.scorer.split("@")[0], **common)
+
+
+def run_job(job: Job) -> list[dict]:
+    """Score ``job.maps`` with one resident evaluator, answering from the store where possible."""
+    from rankgym.evaluators.service import EvaluationService
+    from rankgym.store import EvaluationStore
+
+    evaluator = make_evaluator(job)
     service = EvaluationService(evaluator, EvaluationStore(job.store))
     template = evaluator.template()
     labels = evaluator.val_set.labels
@@ -150,6 +164,66 @@ def summarise(rows: list[dict], scorers: list[str], reference: str | None) -> di
     return out
 
 
+CURVE_DRAWS = 50  # random subsets per size: the spread of tau over them is what one search's subset would see
+
+
+def example_curve(job: Job, target: dict[str, float], fractions: list[float]) -> dict:
+    """Kendall's tau against the reference means (``target``, per map label) of two statistics read
+    on a random subset of the score split, per subset size: the task metric and the continuous
+    per-example statistic (minus the mean loss: minus the log-probability of the gold label, or the
+    squared error). Every map is read on the same subset, as a paired early stop reads them."""
+    from scipy.stats import kendalltau
+
+    from rankgym.metrics import compute
+
+    evaluator = make_evaluator(job)
+    template = evaluator.template()
+    results = {}
+    for label, ranks in job.maps:
+        rank_map = template.replace({m.name: r for m, r in zip(evaluator.modules, ranks)})
+        results[label] = evaluator.example_results(rank_map)
+    labels = list(results)
+    truth = [target[label] for label in labels]
+    gold = evaluator.val_set.labels[: len(results[labels[0]][0])].numpy()
+    n, rng = len(gold), np.random.default_rng(job.seed)
+    curve = []
+    for fraction in fractions:
+        size = max(2, round(fraction * n))
+        subsets = [np.arange(n)] if size >= n else [rng.choice(n, size, replace=False) for _ in range(CURVE_DRAWS)]
+        taus = {"metric": [], "neg_loss": []}
+        for sub in subsets:
+            metric = [compute(evaluator.data.metric, results[m][0][sub], gold[sub]) for m in labels]
+            taus["metric"].append(kendalltau(metric, truth).statistic)
+            taus["neg_loss"].append(kendalltau([-results[m][1][sub].mean() for m in labels], truth).statistic)
+        curve.append({"fraction": fraction, "examples": int(min(size, n)),
+                      **{f"tau_{k}": float(np.nanmean(v)) for k, v in taus.items()},
+                      **{f"tau_{k}_std": float(np.nanstd(v)) for k, v in taus.items()}})
+    return {"scorer": job.scorer, "seed": job.seed, "metric": evaluator.data.metric, "examples": n, "curve": curve}
+
+
+def plot_curves(curves: list[dict], reference: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for c in curves:
+        x = [p["examples"] for p in c["curve"]]
+        for key, style in (("metric", "-o"), ("neg_loss", "--s")):
+            y, err = [p[f"tau_{key}"] for p in c["curve"]], [p[f"tau_{key}_std"] for p in c["curve"]]
+            name = c["metric"] if key == "metric" else "minus the mean loss"
+            ax.errorbar(x, y, yerr=err, fmt=style, ms=4, capsize=2, label=f"{c['scorer']} seed {c['seed']}: {name}")
+    ax.set_xscale("log")
+    ax.set_xlabel("score-split examples read (random subsets, the same for every map)")
+    ax.set_ylabel(f"Kendall's tau against the {reference} mean")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(summary: dict, scorers: list[str], reference: str, path: Path) -> None:
     import matplotlib
 
@@ -192,6 +266,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes (each with --threads torch threads)")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument("--chunk", type=int, default=4, help="maps per finetune job (one model load each)")
+    parser.add_argument("--examples-curve", type=float, nargs="+", metavar="FRACTION",
+                        help="also tau of each elastic adapter's metric and minus its mean loss read on these fractions "
+                             "of the score split, e.g. 0.0625 0.125 0.25 0.5 (and all of it; needs the reference)")
     parser.add_argument("--store", default="runs/fidelity/store.sqlite")
     parser.add_argument("--out", default="runs/fidelity")
     args = parser.parse_args()
@@ -254,6 +331,22 @@ def main() -> None:
         print(line)
     if reference and scorers:
         plot(summary, scorers, reference, out / "fidelity.png")
+    if args.examples_curve and reference:
+        target = {label: entry[reference]["mean"] for label, entry in summary["maps"].items()}
+        curves = [example_curve(job, target, sorted({*args.examples_curve, 1.0})) for job in jobs if job.scorer.startswith("elastic")]
+        for c in curves:
+            print(f"\n{c['scorer']} seed {c['seed']}: tau against the {reference} mean, read on part of the score split "
+                  f"({CURVE_DRAWS} random subsets a size, mean ± std)\n{'examples':>9s} {c['metric']:>15s} {'minus the loss':>15s}")
+            for point in c["curve"]:
+                print(f"{point['examples']:9d} " + " ".join(f"{point[f'tau_{k}']:.2f} ± {point[f'tau_{k}_std']:.2f}".rjust(15)
+                                                           for k in ("metric", "neg_loss")))
+            full = c["curve"][-1]["tau_metric"]
+            enough = [p["examples"] for p in c["curve"] if p["tau_neg_loss"] >= full]
+            print(f"  the loss reaches the full {c['metric']} tau ({full:.2f}) " +
+                  (f"from {enough[0]} of {c['examples']} examples" if enough else "at none of these sizes"))
+        summary["examples_curves"] = curves
+        if curves:
+            plot_curves(curves, reference, out / "fidelity-examples.png")
     print(f"collapses (within {COLLAPSE_MARGIN:.0%} of the majority class): {summary['collapses'] or 'none'}")
     (out / "fidelity.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out / 'fidelity.json'}" + (f" and {out / 'fidelity.png'}" if reference and scorers else ""))

@@ -154,30 +154,31 @@ def evaluate_copies(model: nn.Module, data: Encoded, pad_id: int, batch_size: in
         metric = -nll if data.answer_key is None else float(np.mean(exact_matches(model, data, order, pad_id, batch_size)))
         model.train(was_training)
         return [(metric, nll)] * copies
-    preds, loss_sum = predict(model, data, list(range(n)), pad_id, batch_size, copies)
+    preds, losses = predict(model, data, list(range(n)), pad_id, batch_size, copies)
     model.train(was_training)
     labels = data.labels[:n].numpy()
-    return [(metrics.compute(data.metric, preds[c], labels), loss_sum[c] / n) for c in range(copies)]
+    return [(metrics.compute(data.metric, preds[c], labels), float(losses[c].sum()) / n) for c in range(copies)]
 
 
 @torch.no_grad()
 def predict(model: nn.Module, data: Encoded, idx: list[int], pad_id: int, batch_size: int,
-            copies: int = 1) -> tuple[list[np.ndarray], list[float]]:
-    """Each configuration's predictions of examples ``idx`` (in that order) and its summed loss over them,
-    run in length-sorted batches (a classification or regression split; the model in eval mode)."""
+            copies: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each configuration's predictions of examples ``idx`` (in that order) and each example's loss
+    (cross-entropy, i.e. minus the log-probability of the gold label, or the squared error), run in
+    length-sorted batches (a classification or regression split; the model in eval mode)."""
     device = _device_of(model)
     order = sorted(range(len(idx)), key=lambda j: len(data.ids[idx[j]]))
     preds = [torch.empty(len(idx), dtype=data.labels.dtype) for _ in range(copies)]
-    loss_sum = torch.zeros(copies, dtype=torch.float64)
+    losses = [torch.empty(len(idx), dtype=torch.float64) for _ in range(copies)]
     for k in range(0, len(idx), batch_size):
         positions = order[k : k + batch_size]
         batch = [idx[j] for j in positions]
         labels = data.labels[batch].to(device)
         logits = _forward(model, batch_inputs(data, batch, pad_id, device), copies)
         for c in range(copies):
-            loss_sum[c] += task_loss(logits[c], labels, reduction="sum").item()
+            losses[c][positions] = task_loss(logits[c], labels, reduction="none").double().cpu()
             preds[c][positions] = predictions(logits[c], data.regression).to(preds[c].dtype).cpu()
-    return [p.numpy() for p in preds], loss_sum.tolist()
+    return [p.numpy() for p in preds], [x.numpy() for x in losses]
 
 
 def prompt_length(targets: torch.Tensor) -> int:

@@ -79,6 +79,23 @@ def test_scoring_through_the_adapters_keeps_no_copy_of_the_weights_and_scores_as
     assert through._frozen is None and merged._frozen is not None  # one model's weights, no restore copy
 
 
+def test_example_results_are_each_examples_prediction_and_minus_the_log_probability_of_its_label(sst2_dir):
+    evaluator = elastic(sst2_dir)
+    rank_map = varied(evaluator)
+    preds, losses = evaluator.example_results(rank_map)
+    whole = evaluator.evaluate(rank_map)
+    labels = evaluator.val_set.labels[: RECIPE.val_examples].numpy()
+    assert len(preds) == len(losses) == RECIPE.val_examples
+    assert whole.metric == (preds == labels).mean() and whole.val_loss == pytest.approx(losses.mean(), rel=1e-9)
+    evaluator.slice_to(rank_map)  # unmerged: the same function of the input as the merged scoring, up to rounding
+    for i in (0, 17, 47):  # one example a forward, no padding: log_softmax by hand
+        ids = torch.as_tensor(evaluator.val_set.ids[i]).reshape(1, -1)
+        with torch.no_grad():
+            logits = evaluator.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].double()
+        assert preds[i] == int(logits.argmax())
+        assert losses[i] == pytest.approx(-torch.log_softmax(logits, -1)[labels[i]].item(), abs=1e-5)
+
+
 SECOND_PROCESS = """
 import json, sys
 from rankgym.evaluators.elastic import ElasticEvaluator

@@ -44,6 +44,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -255,11 +257,14 @@ class ElasticEvaluator(FinetuneEvaluator):
         for name, layer in lora_layers(self.model).items():
             layer.use_prefix(int(rank_map.ranks.get(name, 0)))
 
-    def evaluate(self, rank_map: RankMap) -> Evaluation:
+    def _ready(self, rank_map: RankMap) -> None:
         if max(rank_map.ranks.values(), default=0) > self.max_rank:  # refused before any training
             raise ValueError(f"the elastic adapter holds ranks up to {self.max_rank}; this map asks for {max(rank_map.ranks.values())}")
         self.ensure_trained()
-        start = time.perf_counter()
+
+    @contextmanager
+    def _scoring(self, rank_map: RankMap) -> Iterator[None]:
+        """The model as ``rank_map`` slices it (merged into the frozen weights where ``merge``), restored after."""
         self.slice_to(rank_map)
         layers = lora_layers(self.model) if self.merge else {}
         if self.merge and self._frozen is None:  # the frozen weights never change: one copy to restore from after every merge
@@ -267,17 +272,42 @@ class ElasticEvaluator(FinetuneEvaluator):
         try:
             for layer in layers.values():
                 layer.merge()
+            yield
+        finally:
+            for name, layer in layers.items():
+                layer.unmerge(self._frozen[name])
+
+    def evaluate(self, rank_map: RankMap) -> Evaluation:
+        self._ready(rank_map)
+        start = time.perf_counter()
+        with self._scoring(rank_map):
             if self.early_stop is None:
                 metric, loss = evaluate(self.model, self.val_set, self.tokenizer.pad_token_id, self.recipe.eval_batch_size,
                                         self.recipe.val_examples)
                 fraction = 1.0
             else:
                 metric, loss, fraction = self._score_until_decided()
-        finally:
-            for name, layer in layers.items():
-                layer.unmerge(self._frozen[name])
         return Evaluation(metric=metric, params=self.trainable_params(rank_map), seconds=time.perf_counter() - start,
                           val_loss=loss, device=str(self.device), fraction=fraction)
+
+    def example_results(self, rank_map: RankMap) -> tuple[np.ndarray, np.ndarray]:
+        """Each score-split example's prediction and loss under ``rank_map`` (minus the log-probability
+        of the gold label, or the squared error), in the split's order: what a score on any subset of
+        the examples is computed from (``benchmarks/fidelity.py --examples-curve``)."""
+        if self.data.causal_lm:
+            raise ConfigError(f"example_results reads a classification or regression task; {self.data.name} is a causal-LM task")
+        data = self.val_set
+        n = len(data) if self.recipe.val_examples is None else min(self.recipe.val_examples, len(data))
+        batch_size = self.recipe.eval_batch_size or default_eval_batch_size(self.device)
+        self._ready(rank_map)
+        with self._scoring(rank_map):
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                preds, losses = predict(self.model, data, list(range(n)), self.tokenizer.pad_token_id, batch_size)
+            finally:
+                self.model.train(was_training)
+        return preds[0], losses[0]
 
     def _score_until_decided(self) -> tuple[float, float, float]:
         """(metric or estimate, mean loss, fraction read) of the model as it is: see the module's early stopping."""
@@ -296,7 +326,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         try:
             for look, part in enumerate(parts):
                 got, losses = predict(self.model, data, part.tolist(), self.tokenizer.pad_token_id, batch_size)
-                preds[part], loss, read = got[0], loss + losses[0], read + len(part)
+                preds[part], loss, read = got[0], loss + float(losses[0].sum()), read + len(part)
                 if reference is not None and read < n:
                     seen = np.concatenate(parts[: look + 1])
                     bound = paired_upper_bound(data.metric, preds[seen], reference[1][seen], labels[seen], level, seed=look)
