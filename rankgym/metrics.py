@@ -88,14 +88,6 @@ def paired_upper_bound(name: str, pred: np.ndarray, reference: np.ndarray, label
     return float(np.quantile(diffs, confidence))
 
 
-def mean_upper_bound(differences: np.ndarray, confidence: float, resamples: int = 400, seed: int = 0) -> float:
-    """Upper end of a one-sided ``confidence`` bound on the population mean of per-example
-    ``differences`` (such as two maps' losses on the same examples): the percentile bootstrap of the
-    mean, resampled as :func:`paired_upper_bound` resamples (seeded, no scipy)."""
-    idx = np.random.default_rng(seed).integers(0, len(differences), size=(resamples, len(differences)))
-    return float(np.quantile(np.asarray(differences)[idx].mean(axis=1), confidence))
-
-
 def describe(name: str, value: float) -> str:
     """``value`` of metric ``name`` as a person reads it: a causal LM's ``neg_nll`` (minus the mean NLL
     per response token, so that higher is better like every metric) as the NLL and its perplexity."""

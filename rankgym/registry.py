@@ -42,8 +42,8 @@ class EnvConfig:
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
     training file), ``elastic_examples``, ``sandwich`` and ``elastic_draws`` for the elastic evaluator (its one
     training run, at the full recipe's learning rate; under a ``param_budget`` it trains on draws projected onto
-    the budget, ``elastic_draws='grid'`` on the grid's draws alone; ``early_stop`` (a confidence), ``early_stop_chunks``, ``early_stop_top`` and ``early_stop_statistic``
-    (``metric`` or ``loss``) stop a map's scoring once it cannot reach the ``early_stop_top``-th best map; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
+    the budget, ``elastic_draws='grid'`` on the grid's draws alone; ``early_stop`` (a confidence), ``early_stop_chunks`` and ``early_stop_top`` stop a
+    map's scoring once it cannot reach the ``early_stop_top``-th best map; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
     ``fake_hidden``, ``fake_profile`` (separable or calibrated), ``fake_noise`` and ``fake_collapse`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
     table rankgym ships for the task, :data:`SURROGATES`), ``target_modules`` (PEFT-style names or regexes to
     adapt), ``dtype`` (the frozen base's: fp32, bf16, fp16) and ``metric`` (what scores a map, instead of
@@ -73,7 +73,6 @@ class EnvConfig:
     early_stop: float | None = None  # e.g. 0.95: elastic scoring stops once a map cannot reach the reference at that confidence
     early_stop_chunks: int = 4
     early_stop_top: int = 1
-    early_stop_statistic: str = "metric"  # or "loss": the paired comparison reads the per-example losses
     pruner: str | None = None  # the finetune evaluator's multi-fidelity: sha, hyperband or median (rankgym.evaluators.pruning)
     pruner_rungs: int = 4
     pruner_examples: int = 256

@@ -27,12 +27,9 @@ predictions are kept): where a paired bootstrap bound says, at the confidence (B
 over the looks), that the map's metric is below the reference's, scoring stops. Its
 :class:`Evaluation` then has ``fraction`` < 1 and, as its metric, the reference's full score plus
 the paired difference observed on the examples read (at most the bound, so below the reference):
-an estimate an agent can act on, and a stopped map is never among the best. With ``stop_statistic="loss"``
-the bound is on the mean paired difference of the per-example losses instead (a continuous
-statistic: it separates two maps on fewer examples than a metric of hard predictions), and the
-estimate is the reference's score plus the metric's observed difference, capped at zero. Such a
-score then depends on the maps scored before it, so the identity carries the setting and the store
-keeps stopped scores apart.
+an estimate an agent can act on, and a stopped map is never among the best. Such a score then
+depends on the maps scored before it, so the identity carries the setting and the store keeps
+stopped scores apart.
 
 The trained adapter is saved (safetensors) in ``cache_dir`` under a hash of everything that decides
 it, written to a temporary file and renamed, so another process, a resumed search or a later run
@@ -65,7 +62,7 @@ from rankgym.lora.inject import lora_layers
 from rankgym.rankmap import RankMap
 from rankgym.errors import ConfigError
 from rankgym.metrics import compute as compute_metric
-from rankgym.metrics import mean_upper_bound, paired_upper_bound
+from rankgym.metrics import paired_upper_bound
 from rankgym.training import default_eval_batch_size, evaluate, finetune, init_adapters, predict
 
 log = logging.getLogger(__name__)
@@ -102,8 +99,6 @@ class ElasticEvaluator(FinetuneEvaluator):
         draw_budget: draws projected onto this parameter budget (a fraction of uniform ``max_rank``'s
             adapter parameters, or a count, as the env's ``param_budget``); None: the grid's draws as they are.
         early_stop: the confidence at which a map's scoring stops once it cannot reach the reference (None: never).
-        stop_statistic: what the paired comparison reads: ``"metric"`` (the task's metric) or ``"loss"``
-            (the mean per-example loss: minus the log-probability of the gold label, or the squared error).
         chunks: parts the score split is read in when stopping early.
         stop_top: the reference is the ``stop_top``-th best full score (the number of maps promotion will retrain).
         cache_dir: folder where the trained adapter is saved and looked for (None: kept in memory only).
@@ -115,7 +110,7 @@ class ElasticEvaluator(FinetuneEvaluator):
     version = 3  # 3: BERT's pooler trains with the head; 2: factors seeded per module, scoring on merged weights
 
     def __init__(self, *args: Any, min_rank: int = 0, rank_step: int = 2, sandwich: bool = True, draw_budget: float | None = None,
-                 early_stop: float | None = None, chunks: int = 4, stop_top: int = 1, stop_statistic: str = "metric",
+                 early_stop: float | None = None, chunks: int = 4, stop_top: int = 1,
                  cache_dir: str | Path | None = None, merge: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if early_stop is not None and not 0.5 < early_stop < 1:
@@ -126,11 +121,9 @@ class ElasticEvaluator(FinetuneEvaluator):
         if early_stop is not None and self.data.causal_lm:
             raise ConfigError("early_stop compares per-example predictions of a classification or regression task; "
                               f"{self.data.name} is a causal-LM task: leave early_stop unset")
-        if stop_statistic not in ("metric", "loss"):
-            raise ConfigError(f"stop_statistic is what an early stop compares: 'metric' or 'loss'; got {stop_statistic!r}")
-        self.early_stop, self.chunks, self.stop_top, self.stop_statistic = early_stop, chunks, stop_top, stop_statistic
+        self.early_stop, self.chunks, self.stop_top = early_stop, chunks, stop_top
         self.stops_early = early_stop is not None
-        self._best: list[tuple[float, np.ndarray, np.ndarray]] = []  # the stop_top best full scores, their predictions and losses
+        self._best: list[tuple[float, np.ndarray]] = []  # the stop_top best full scores and their predictions
         self._parts: list[np.ndarray] | None = None  # the score split's parts (stratified_parts), dealt at the first stopping scoring
         # Merging makes the scoring forward a plain one (15 % faster on a CPU) but keeps a copy of every
         # adapted weight to restore from: on a GPU, where memory is what runs out, score through the adapters.
@@ -152,9 +145,7 @@ class ElasticEvaluator(FinetuneEvaluator):
     def identity(self) -> dict[str, Any]:
         if self.early_stop is None:
             return self.adapter_identity()
-        statistic = {"statistic": self.stop_statistic} if self.stop_statistic != "metric" else {}  # absent: the identities from before it
-        return {**self.adapter_identity(),
-                "early_stop": {"confidence": self.early_stop, "chunks": self.chunks, "top": self.stop_top, **statistic}}
+        return {**self.adapter_identity(), "early_stop": {"confidence": self.early_stop, "chunks": self.chunks, "top": self.stop_top}}
 
     @property
     def adapter_path(self) -> Path | None:
@@ -329,27 +320,22 @@ class ElasticEvaluator(FinetuneEvaluator):
         labels = data.labels[:n].numpy()
         reference = self._best[self.stop_top - 1] if len(self._best) >= self.stop_top else None
         level = 1 - (1 - self.early_stop) / (self.chunks - 1)  # Bonferroni over the looks after each part but the last
-        preds, losses, read = np.empty(n, dtype=labels.dtype), np.empty(n), 0
+        preds, loss, read = np.empty(n, dtype=labels.dtype), 0.0, 0
         was_training = self.model.training
         self.model.eval()
         try:
             for look, part in enumerate(parts):
-                got, lost = predict(self.model, data, part.tolist(), self.tokenizer.pad_token_id, batch_size)
-                preds[part], losses[part], read = got[0], lost[0], read + len(part)
+                got, losses = predict(self.model, data, part.tolist(), self.tokenizer.pad_token_id, batch_size)
+                preds[part], loss, read = got[0], loss + float(losses[0].sum()), read + len(part)
                 if reference is not None and read < n:
                     seen = np.concatenate(parts[: look + 1])
-                    observed = (compute_metric(data.metric, preds[seen], labels[seen])
-                                - compute_metric(data.metric, reference[1][seen], labels[seen]))
-                    if self.stop_statistic == "metric":
-                        bound = paired_upper_bound(data.metric, preds[seen], reference[1][seen], labels[seen], level, seed=look)
-                        estimate = min(observed, bound)  # the bound alone ranked stopped maps near the reference
-                    else:  # minus the loss: its bound says the map is worse, the metric's observed difference by how much
-                        bound = mean_upper_bound(reference[2][seen] - losses[seen], level, seed=look)
-                        estimate = min(observed, 0.0)
-                    if bound < 0:  # the agent gets the paired estimate, never above the reference
-                        return reference[0] + estimate, float(losses[seen].mean()), read / n
+                    bound = paired_upper_bound(data.metric, preds[seen], reference[1][seen], labels[seen], level, seed=look)
+                    if bound < 0:  # the agent gets the paired estimate: the bound alone ranked stopped maps near the reference
+                        observed = (compute_metric(data.metric, preds[seen], labels[seen])
+                                    - compute_metric(data.metric, reference[1][seen], labels[seen]))
+                        return reference[0] + min(observed, bound), loss / read, read / n
         finally:
             self.model.train(was_training)
         metric = compute_metric(data.metric, preds, labels)
-        self._best = sorted([*self._best, (metric, preds, losses)], key=lambda kept: -kept[0])[: self.stop_top]
-        return metric, float(losses.mean()), 1.0
+        self._best = sorted([*self._best, (metric, preds)], key=lambda kept: -kept[0])[: self.stop_top]
+        return metric, loss / n, 1.0

@@ -56,7 +56,6 @@ def build_evaluator(config, k: int = 1):
         return ElasticEvaluator(min_rank=config.min_rank, rank_step=config.rank_step, sandwich=config.sandwich,
                                 draw_budget=config.draw_budget,
                                 early_stop=config.early_stop, chunks=config.early_stop_chunks, stop_top=config.early_stop_top,
-                                stop_statistic=config.early_stop_statistic,
                                 cache_dir=cache, **common)
     if config.evaluator == "batched":
         from rankgym.evaluators.batched import BatchedEvaluator
