@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLLAPSE_MARGIN = 0.01  # a score within a point of always answering the majority class is a collapse
+COLLAPSE_MARGIN = 0.01  # a score within a point of the majority class's constant answer is a collapse
 MAX_RANK = 16  # the env's max_rank: every map of the list fits the elastic adapter
 
 
@@ -109,19 +109,22 @@ def make_evaluator(job: Job):
 def run_job(job: Job) -> list[dict]:
     """Score ``job.maps`` with one resident evaluator, answering from the store where possible."""
     from rankgym.evaluators.service import EvaluationService
+    from rankgym.metrics import compute
     from rankgym.store import EvaluationStore
 
     evaluator = make_evaluator(job)
     service = EvaluationService(evaluator, EvaluationStore(job.store))
     template = evaluator.template()
     labels = evaluator.val_set.labels
-    majority = float(max((labels == c).float().mean() for c in labels.unique()))
+    constant = None  # the metric of always answering the majority class (accuracy: its share; Matthews: 0); regression: none
+    if not labels.is_floating_point():
+        constant = compute(evaluator.data.metric, np.full(len(labels), int(labels.mode().values)), labels.numpy())
     rows = []
     for label, ranks in job.maps:
         rank_map = template.replace({m.name: r for m, r in zip(evaluator.modules, ranks)})
         [evaluation] = service.evaluate([rank_map])
         rows.append(dict(map=label, scorer=job.scorer, seed=job.seed, metric=evaluation.metric, seconds=evaluation.seconds,
-                         params=evaluation.params, majority=majority, training_seconds=getattr(evaluator, "training_seconds", None)))
+                         params=evaluation.params, constant=constant, training_seconds=getattr(evaluator, "training_seconds", None)))
         print(f"  {label:20s} {job.scorer:16s} seed {job.seed} {evaluation.metric:.4f}"
               f"{' (stored)' if evaluation.cache_hit else f' {evaluation.seconds:.1f} s'}", flush=True)
     return rows
@@ -139,7 +142,7 @@ def summarise(rows: list[dict], scorers: list[str], reference: str | None) -> di
             v = [r["metric"] for r in rows if r["map"] == label and r["scorer"] == scorer]
             entry[scorer] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
         table[label] = entry
-    collapses = [r for r in rows if r["metric"] <= r["majority"] + COLLAPSE_MARGIN]
+    collapses = [r for r in rows if r["constant"] is not None and r["metric"] <= r["constant"] + COLLAPSE_MARGIN]
     out = {"maps": table, "scorers": {},
            "collapses": [f"{r['map']} {r['scorer']} seed {r['seed']}: {r['metric']:.3f}" for r in collapses]}
     for scorer in scorers + ([reference] if reference else []):
@@ -347,7 +350,7 @@ def main() -> None:
         summary["examples_curves"] = curves
         if curves:
             plot_curves(curves, reference, out / "fidelity-examples.png")
-    print(f"collapses (within {COLLAPSE_MARGIN:.0%} of the majority class): {summary['collapses'] or 'none'}")
+    print(f"collapses (within {COLLAPSE_MARGIN} of the metric of always answering the majority class): {summary['collapses'] or 'none'}")
     (out / "fidelity.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out / 'fidelity.json'}" + (f" and {out / 'fidelity.png'}" if reference and scorers else ""))
 
