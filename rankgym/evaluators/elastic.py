@@ -264,18 +264,26 @@ class ElasticEvaluator(FinetuneEvaluator):
 
     @contextmanager
     def _scoring(self, rank_map: RankMap) -> Iterator[None]:
-        """The model as ``rank_map`` slices it (merged into the frozen weights where ``merge``), restored after."""
+        """The model in eval mode as ``rank_map`` slices it (merged into the frozen weights where ``merge``), restored after."""
         self.slice_to(rank_map)
         layers = lora_layers(self.model) if self.merge else {}
         if self.merge and self._frozen is None:  # the frozen weights never change: one copy to restore from after every merge
             self._frozen = {name: layer.base.weight.detach().clone() for name, layer in layers.items()}
+        was_training = self.model.training
         try:
             for layer in layers.values():
                 layer.merge()
+            self.model.eval()
             yield
         finally:
+            self.model.train(was_training)
             for name, layer in layers.items():
                 layer.unmerge(self._frozen[name])
+
+    def _split(self) -> tuple[int, int]:
+        """(examples of the score split read, batch size) of a scoring."""
+        n = len(self.val_set) if self.recipe.val_examples is None else min(self.recipe.val_examples, len(self.val_set))
+        return n, self.recipe.eval_batch_size or default_eval_batch_size(self.device)
 
     def evaluate(self, rank_map: RankMap) -> Evaluation:
         self._ready(rank_map)
@@ -296,24 +304,16 @@ class ElasticEvaluator(FinetuneEvaluator):
         the examples is computed from (``benchmarks/fidelity.py --examples-curve``)."""
         if self.data.causal_lm:
             raise ConfigError(f"example_results reads a classification or regression task; {self.data.name} is a causal-LM task")
-        data = self.val_set
-        n = len(data) if self.recipe.val_examples is None else min(self.recipe.val_examples, len(data))
-        batch_size = self.recipe.eval_batch_size or default_eval_batch_size(self.device)
+        n, batch_size = self._split()
         self._ready(rank_map)
         with self._scoring(rank_map):
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                preds, losses = predict(self.model, data, list(range(n)), self.tokenizer.pad_token_id, batch_size)
-            finally:
-                self.model.train(was_training)
+            preds, losses = predict(self.model, self.val_set, list(range(n)), self.tokenizer.pad_token_id, batch_size)
         return preds[0], losses[0]
 
     def _score_until_decided(self) -> tuple[float, float, float]:
-        """(metric or estimate, mean loss, fraction read) of the model as it is: see the module's early stopping."""
+        """(metric or estimate, mean loss, fraction read) of the model as it is (in ``_scoring``): see the module's early stopping."""
         data = self.val_set
-        n = len(data) if self.recipe.val_examples is None else min(self.recipe.val_examples, len(data))
-        batch_size = self.recipe.eval_batch_size or default_eval_batch_size(self.device)
+        n, batch_size = self._split()
         if self._parts is None:  # the same parts for every map: dealt once
             self._parts = stratified_parts([len(ids) for ids in data.ids[:n]], self.chunks, self.seed, batch_size)
         parts = self._parts
@@ -321,21 +321,16 @@ class ElasticEvaluator(FinetuneEvaluator):
         reference = self._best[self.stop_top - 1] if len(self._best) >= self.stop_top else None
         level = 1 - (1 - self.early_stop) / (self.chunks - 1)  # Bonferroni over the looks after each part but the last
         preds, loss, read = np.empty(n, dtype=labels.dtype), 0.0, 0
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for look, part in enumerate(parts):
-                got, losses = predict(self.model, data, part.tolist(), self.tokenizer.pad_token_id, batch_size)
-                preds[part], loss, read = got[0], loss + float(losses[0].sum()), read + len(part)
-                if reference is not None and read < n:
-                    seen = np.concatenate(parts[: look + 1])
-                    bound = paired_upper_bound(data.metric, preds[seen], reference[1][seen], labels[seen], level, seed=look)
-                    if bound < 0:  # the agent gets the paired estimate: the bound alone ranked stopped maps near the reference
-                        observed = (compute_metric(data.metric, preds[seen], labels[seen])
-                                    - compute_metric(data.metric, reference[1][seen], labels[seen]))
-                        return reference[0] + min(observed, bound), loss / read, read / n
-        finally:
-            self.model.train(was_training)
+        for look, part in enumerate(parts):
+            got, losses = predict(self.model, data, part.tolist(), self.tokenizer.pad_token_id, batch_size)
+            preds[part], loss, read = got[0], loss + float(losses[0].sum()), read + len(part)
+            if reference is not None and read < n:
+                seen = np.concatenate(parts[: look + 1])
+                bound = paired_upper_bound(data.metric, preds[seen], reference[1][seen], labels[seen], level, seed=look)
+                if bound < 0:  # the agent gets the paired estimate: the bound alone ranked stopped maps near the reference
+                    observed = (compute_metric(data.metric, preds[seen], labels[seen])
+                                - compute_metric(data.metric, reference[1][seen], labels[seen]))
+                    return reference[0] + min(observed, bound), loss / read, read / n
         metric = compute_metric(data.metric, preds, labels)
         self._best = sorted([*self._best, (metric, preds)], key=lambda kept: -kept[0])[: self.stop_top]
         return metric, loss / n, 1.0
