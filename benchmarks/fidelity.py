@@ -78,6 +78,7 @@ class Job:
     store: str
     maps: tuple[tuple[str, tuple[int, ...]], ...]
     threads: int
+    group_draws: float = 0.0  # the elastic adapter's share of group draws (ElasticEvaluator)
 
     @property
     def examples(self) -> int:
@@ -102,7 +103,8 @@ def make_evaluator(job: Job):
     recipe = replace(recipe, max_grad_norm=job.max_grad_norm)  # None is a value here: no clipping
     common = dict(device="cpu", max_rank=MAX_RANK, alpha=job.alpha, alpha_mode=job.alpha_mode, rslora=job.rslora)
     if job.scorer.startswith("elastic"):
-        return ElasticEvaluator(job.backbone, job.task, recipe, job.seed, cache_dir=Path(job.store).parent / "elastic", **common)
+        return ElasticEvaluator(job.backbone, job.task, recipe, job.seed, group_draws=job.group_draws,
+                                cache_dir=Path(job.store).parent / "elastic", **common)
     return FinetuneEvaluator(job.backbone, job.task, recipe, job.seed, score_on=job.scorer.split("@")[0], **common)
 
 
@@ -256,6 +258,8 @@ def main() -> None:
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--budget", type=int, action="append", help="finetune training examples (repeatable; default the env's)")
     parser.add_argument("--elastic", type=int, action="append", default=[], help="elastic adapter training examples (repeatable)")
+    parser.add_argument("--elastic-groups", type=float, default=0.0, metavar="SHARE",
+                        help="share of the elastic adapter's drawn steps that turn whole kinds or blocks off")
     parser.add_argument("--elastic-seeds", type=int, nargs="+", default=[0, 1], help="seeds of the elastic adapters")
     parser.add_argument("--full", type=int, default=8192, help="training examples of the reference fine-tune")
     parser.add_argument("--no-full", action="store_true", help="cheap scores only (a recipe sweep)")
@@ -304,7 +308,8 @@ def main() -> None:
     frozen = tuple((label, tuple(ranks)) for label, ranks in maps)
     # finetune jobs of a few maps each keep the workers evenly busy; the long full fine-tunes go first
     chunks = [frozen[i : i + args.chunk] for i in range(0, len(frozen), args.chunk)]
-    base = Job("", args.backbone, args.task, 0, store=args.store, maps=(), threads=args.threads, **recipe)
+    base = Job("", args.backbone, args.task, 0, store=args.store, maps=(), threads=args.threads,
+               group_draws=args.elastic_groups, **recipe)
     jobs = [replace(base, scorer=reference, seed=s, maps=c) for s in args.seeds for c in chunks] if reference else []
     jobs += [replace(base, scorer=f"elastic@{e}", seed=s, maps=frozen) for e in args.elastic for s in args.elastic_seeds]
     jobs += [replace(base, scorer=f"score@{b}", seed=s, maps=c) for b in budgets for s in args.seeds for c in chunks]
@@ -317,6 +322,7 @@ def main() -> None:
 
     summary = summarise(rows, scorers, reference)
     summary["recipe"] = recipe
+    summary["elastic_group_draws"] = args.elastic_groups
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     columns = scorers + ([reference] if reference else [])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from peft import get_peft_model
@@ -196,6 +197,47 @@ def test_budget_draws_train_the_adapter_on_maps_within_the_budget_and_the_sandwi
     else:  # independent draws from 0..8 on 8 modules exceed a tenth of uniform 8 (every draw here does)
         assert all(c > limit for c in drawn)
         assert "draw_budget" not in evaluator.identity()
+
+
+def whole_groups(modules, off):
+    """Whether the modules in ``off`` are every module of some kinds, or every module of some blocks."""
+    for key in (lambda m: m.kind, lambda m: m.layer):
+        groups = {key(m) for m in modules if m.name in off}
+        if off == {m.name for m in modules if key(m) in groups}:
+            return True
+    return False
+
+
+def test_a_group_draw_turns_off_whole_kinds_or_whole_blocks_each_half_the_time():
+    from rankgym.core import ModuleInfo
+    from rankgym.evaluators.elastic import group_off
+
+    modules = [ModuleInfo(f"{b}.{k}", k, b, 8, 8, ()) for b in range(3) for k in ("query", "value", "mlp_in")]
+    rng = np.random.default_rng(0)
+    draws = [group_off(modules, rng) for _ in range(4000)]
+    assert all(whole_groups(modules, {m.name for m, o in zip(modules, d) if o}) for d in draws)
+    share = np.mean(draws, axis=0)  # each module is off in half the draws: binomial std 0.008
+    assert np.all(np.abs(share - 0.5) < 0.04), share
+    kinds_only = [d for d in draws if 0 < d.sum() < len(modules) and d[0] == d[3] == d[6] and d[1] == d[4] == d[7]]
+    blocks_only = [d for d in draws if 0 < d.sum() < len(modules) and d[0] == d[1] == d[2] and d[3] == d[4] == d[5]]
+    assert len(kinds_only) > 1000 and len(blocks_only) > 1000
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_group_draws_train_the_adapter_with_whole_kinds_or_blocks_off(sst2_dir, monkeypatch, share):
+    from rankgym.errors import ConfigError
+
+    # ranks drawn from 1..8, so every 0 in a drawn map comes from a group draw
+    evaluator = elastic(sst2_dir, min_rank=1, rank_step=1, group_draws=share)
+    maps = drawn_maps(evaluator, monkeypatch)[1::2]  # the drawn steps (the others are the sandwich's)
+    off = [{name for name, rank in m.items() if rank == 0} for m in maps]
+    if share:
+        assert any(off) and all(whole_groups(evaluator.modules, o) for o in off)
+        assert evaluator.identity()["group_draws"] == 1.0
+    else:
+        assert not any(off) and "group_draws" not in evaluator.identity()  # the identity from before the option
+    with pytest.raises(ConfigError, match="group_draws is the share"):
+        elastic(sst2_dir, group_draws=1.5)
 
 
 def test_budget_draws_are_the_default_under_a_budget_and_need_one(sst2_dir):

@@ -68,6 +68,18 @@ from rankgym.training import default_eval_batch_size, evaluate, finetune, init_a
 log = logging.getLogger(__name__)
 
 
+def group_off(infos: list, rng: np.random.Generator) -> np.ndarray:
+    """Which modules a group draw turns off: those of a random half of the module kinds or of the
+    blocks (either at even odds). Independent per-module draws almost never leave a whole kind or
+    block off (all six query modules at rank 0: about one draw in half a million with ranks 0, 2, ..., 16),
+    yet searches and AdaLoRA answer with such maps."""
+    by_kind = rng.random() < 0.5
+    groups = np.array([m.kind if by_kind else m.layer for m in infos])
+    names = np.unique(groups)
+    off = names[rng.random(len(names)) < 0.5]
+    return np.isin(groups, off)
+
+
 def stratified_parts(lengths: list[int], parts: int, seed: int, batch_size: int) -> list[np.ndarray]:
     """Indices of ``lengths`` dealt into ``parts`` samples stratified by length, in whole batches.
 
@@ -98,6 +110,8 @@ class ElasticEvaluator(FinetuneEvaluator):
         sandwich: every other training step at full rank on every module.
         draw_budget: draws projected onto this parameter budget (a fraction of uniform ``max_rank``'s
             adapter parameters, or a count, as the env's ``param_budget``); None: the grid's draws as they are.
+        group_draws: the share of drawn steps that also turn whole groups off: every module of a random
+            half of the module kinds, or of the blocks (either, at even odds). 0: modules draw alone.
         early_stop: the confidence at which a map's scoring stops once it cannot reach the reference (None: never).
         chunks: parts the score split is read in when stopping early.
         stop_top: the reference is the ``stop_top``-th best full score (the number of maps promotion will retrain).
@@ -110,11 +124,13 @@ class ElasticEvaluator(FinetuneEvaluator):
     version = 3  # 3: BERT's pooler trains with the head; 2: factors seeded per module, scoring on merged weights
 
     def __init__(self, *args: Any, min_rank: int = 0, rank_step: int = 2, sandwich: bool = True, draw_budget: float | None = None,
-                 early_stop: float | None = None, chunks: int = 4, stop_top: int = 1,
+                 group_draws: float = 0.0, early_stop: float | None = None, chunks: int = 4, stop_top: int = 1,
                  cache_dir: str | Path | None = None, merge: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if early_stop is not None and not 0.5 < early_stop < 1:
             raise ConfigError(f"early_stop is the confidence a stop needs, in (0.5, 1), e.g. 0.95; got {early_stop!r}")
+        if not 0 <= group_draws <= 1:
+            raise ConfigError(f"group_draws is the share of drawn training steps that turn whole groups off, in [0, 1]; got {group_draws!r}")
         if chunks < 2 or stop_top < 1:
             raise ConfigError(f"early stopping reads the score split in chunks >= 2 parts against the stop_top >= 1-th best map; "
                               f"got chunks={chunks}, stop_top={stop_top}")
@@ -132,6 +148,7 @@ class ElasticEvaluator(FinetuneEvaluator):
         self.min_rank, self.rank_step = min_rank, rank_step
         self.sandwich = sandwich
         self.draw_budget = draw_budget
+        self.group_draws = group_draws
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.training_seconds: float | None = None  # what training the adapter cost (also when it was loaded)
         self.source: str | None = None  # "trained", "loaded" (from its file) or "shipped" (by a Ray pool)
@@ -139,8 +156,11 @@ class ElasticEvaluator(FinetuneEvaluator):
 
     def adapter_identity(self) -> dict[str, Any]:
         """What decides the trained adapter (its file's name): the identity less how maps are scored."""
-        budget = {"draw_budget": self.draw_budget} if self.draw_budget is not None else {}  # absent: the identities from before it
-        return {**super().identity(), "evaluator": f"{self.name}-v{self.version}", "grid": self.grid, "sandwich": self.sandwich, **budget}
+        # absent when unset: the identities from before each option, so their adapters and scores are reused
+        extra = {"draw_budget": self.draw_budget} if self.draw_budget is not None else {}
+        if self.group_draws:
+            extra["group_draws"] = self.group_draws
+        return {**super().identity(), "evaluator": f"{self.name}-v{self.version}", "grid": self.grid, "sandwich": self.sandwich, **extra}
 
     def identity(self) -> dict[str, Any]:
         if self.early_stop is None:
@@ -186,6 +206,8 @@ class ElasticEvaluator(FinetuneEvaluator):
                     ranks = np.full(len(layers), self.max_rank)
                 else:
                     ranks = rng.choice(self.grid, size=len(layers))
+                    if rng.random() < self.group_draws:
+                        ranks[group_off(infos, rng)] = 0
                     if limit is not None:
                         ranks = project(ranks, infos, limit, self.min_rank, self.rank_step)
                 for layer, rank in zip(layers, ranks):
