@@ -40,9 +40,10 @@ class EnvConfig:
     ``device``, ``seed``, training budget (``train_examples``, ``batch_size``, ``lr``,
     ``max_grad_norm``, ``val_examples``, ``warm_examples``), the alpha policy (``alpha``,
     ``alpha_mode``, ``rslora``), ``score_examples`` (size of the score split held out of the
-    training file), ``elastic_examples``, ``sandwich`` and ``elastic_draws`` for the elastic evaluator (its one
+    training file), ``elastic_examples``, ``sandwich``, ``elastic_draws`` and ``elastic_groups`` for the elastic evaluator (its one
     training run, at the full recipe's learning rate; under a ``param_budget`` it trains on draws projected onto
-    the budget, ``elastic_draws='grid'`` on the grid's draws alone; ``early_stop`` (a confidence), ``early_stop_chunks`` and ``early_stop_top`` stop a
+    the budget, ``elastic_draws='grid'`` on the grid's draws alone; ``elastic_groups`` is the share of draws that
+    also turn whole module kinds or blocks off; ``early_stop`` (a confidence), ``early_stop_chunks`` and ``early_stop_top`` stop a
     map's scoring once it cannot reach the ``early_stop_top``-th best map; it saves the trained adapter in ``<store folder>/elastic/``), local copies (``model_name_or_path``, ``data_dir``), ``fake_layers``,
     ``fake_hidden``, ``fake_profile`` (separable or calibrated), ``fake_noise`` and ``fake_collapse`` for the fake evaluator, ``surrogate_table`` for the surrogate evaluator (default: the
     table rankgym ships for the task, :data:`SURROGATES`), ``target_modules`` (PEFT-style names or regexes to
@@ -70,6 +71,7 @@ class EnvConfig:
     elastic_examples: int = 16384
     sandwich: bool = True
     elastic_draws: str | None = None  # "budget": the adapter's draws projected onto param_budget; "grid": not; None: budget under a budget
+    elastic_groups: float = 0.0  # share of the adapter's draws that also turn whole kinds or blocks off (ElasticEvaluator.group_draws)
     early_stop: float | None = None  # e.g. 0.95: elastic scoring stops once a map cannot reach the reference at that confidence
     early_stop_chunks: int = 4
     early_stop_top: int = 1

@@ -240,6 +240,15 @@ def test_group_draws_train_the_adapter_with_whole_kinds_or_blocks_off(sst2_dir, 
         elastic(sst2_dir, group_draws=1.5)
 
 
+def test_the_env_option_elastic_groups_reaches_the_adapters_identity(sst2_dir):
+    from rankgym.evaluators.factory import build_evaluator
+    from rankgym.registry import EnvConfig
+
+    config = EnvConfig.for_env("RankSearch-tiny-sst2-v0", {"evaluator": "elastic", "elastic_groups": 0.25, "data_dir": str(sst2_dir)})
+    evaluator = build_evaluator(config)
+    assert evaluator.group_draws == 0.25 and evaluator.identity()["group_draws"] == 0.25
+
+
 def test_budget_draws_are_the_default_under_a_budget_and_need_one(sst2_dir):
     from rankgym.errors import ConfigError
     from rankgym.evaluators.factory import build_evaluator

@@ -54,7 +54,7 @@ def build_evaluator(config, k: int = 1):
                                                val_examples=config.val_examples), max_grad_norm=config.max_grad_norm)
         cache = Path(config.store).parent / "elastic" if config.store and config.store != ":memory:" else None
         return ElasticEvaluator(min_rank=config.min_rank, rank_step=config.rank_step, sandwich=config.sandwich,
-                                draw_budget=config.draw_budget,
+                                draw_budget=config.draw_budget, group_draws=config.elastic_groups,
                                 early_stop=config.early_stop, chunks=config.early_stop_chunks, stop_top=config.early_stop_top,
                                 cache_dir=cache, **common)
     if config.evaluator == "batched":
