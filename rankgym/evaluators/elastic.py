@@ -10,7 +10,8 @@ in IntelLabs' SQFT / NNCF). With ``sandwich=True`` every other step uses the ful
 ``draw_budget`` the drawn map is projected onto that parameter budget by the env's own rule
 (:func:`rankgym.budget.project`), so the adapter trains on the maps a budgeted search scores: under
 a budget below uniform rank 1 independent draws almost never leave most modules off, and the rank-1
-prefixes of such maps were scored far from what they reach when trained alone. The task head
+prefixes of such maps were scored far from what they reach when trained alone. With ``group_draws``
+a share of the draws also turns whole module kinds or blocks off (:func:`group_off`). The task head
 is shared. The scale of a prefix is ``lora_scale(r)`` of the alpha policy, in training and in
 scoring alike.
 
@@ -71,8 +72,8 @@ log = logging.getLogger(__name__)
 def group_off(infos: list, rng: np.random.Generator) -> np.ndarray:
     """Which modules a group draw turns off: those of a random half of the module kinds or of the
     blocks (either at even odds). Independent per-module draws almost never leave a whole kind or
-    block off (all six query modules at rank 0: about one draw in half a million with ranks 0, 2, ..., 16),
-    yet searches and AdaLoRA answer with such maps."""
+    block off (all six query modules at rank 0: about one draw in half a million with ranks 0, 2,
+    ..., 16), yet searches and AdaLoRA answer with such maps."""
     by_kind = rng.random() < 0.5
     groups = np.array([m.kind if by_kind else m.layer for m in infos])
     names = np.unique(groups)
@@ -130,7 +131,8 @@ class ElasticEvaluator(FinetuneEvaluator):
         if early_stop is not None and not 0.5 < early_stop < 1:
             raise ConfigError(f"early_stop is the confidence a stop needs, in (0.5, 1), e.g. 0.95; got {early_stop!r}")
         if not 0 <= group_draws <= 1:
-            raise ConfigError(f"group_draws is the share of drawn training steps that turn whole groups off, in [0, 1]; got {group_draws!r}")
+            raise ConfigError(f"group_draws is the share of drawn training steps that turn whole groups off, in [0, 1]; "
+                              f"got {group_draws!r}")
         if chunks < 2 or stop_top < 1:
             raise ConfigError(f"early stopping reads the score split in chunks >= 2 parts against the stop_top >= 1-th best map; "
                               f"got chunks={chunks}, stop_top={stop_top}")
