@@ -236,6 +236,8 @@ def test_group_draws_train_the_adapter_with_whole_kinds_or_blocks_off(sst2_dir, 
         assert evaluator.identity()["group_draws"] == 1.0
     else:
         assert not any(off) and "group_draws" not in evaluator.identity()  # the identity from before the option
+        rng = np.random.default_rng(evaluator.seed)  # and the draws from before it: the same random stream
+        assert [list(m.values()) for m in maps] == [list(rng.choice(evaluator.grid, size=len(m))) for m in maps]
     with pytest.raises(ConfigError, match="group_draws is the share"):
         elastic(sst2_dir, group_draws=1.5)
 

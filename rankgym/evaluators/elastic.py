@@ -208,7 +208,8 @@ class ElasticEvaluator(FinetuneEvaluator):
                     ranks = np.full(len(layers), self.max_rank)
                 else:
                     ranks = rng.choice(self.grid, size=len(layers))
-                    if rng.random() < self.group_draws:
+                    # no draw at share 0: the random stream, so the adapters of the identities before the option, unchanged
+                    if self.group_draws and rng.random() < self.group_draws:
                         ranks[group_off(infos, rng)] = 0
                     if limit is not None:
                         ranks = project(ranks, infos, limit, self.min_rank, self.rank_step)
