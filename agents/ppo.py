@@ -19,6 +19,11 @@ a task out to test the policy on a task it never saw (the observation holds modu
 features, never the task). A search evaluates the policy's most likely map first and, under a parameter budget, the free
 heuristics at it (uniform, PRILoRA, EVA), then keeps learning on the target (``--pretrained none``
 starts from a random policy instead).
+
+``--task-features`` pretrains a policy that also sees where the task's spending pays: one probe
+map per module kind and per block, scored before the first episode (12 evaluations on MiniLM,
+spent from the search's budget; :mod:`rankgym.envs.allocation`). A search reads from its policy's
+observation whether it was trained with them, so ``--set pretrained=PATH`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Args(SearchArgs):
     pretrain_steps: int = 600_000  # module choices (episode steps) of pretraining
     pretrain_surrogates: str = ""  # shipped real-score tables mixed into pretraining, by task ("sst2,cola"; leave a task out to test on it)
     surrogate_share: float = 0.5  # share of pretraining episodes drawn from those tables (the rest: fake environments)
+    task_features: bool = False  # probe features in the observation (pretraining, or --pretrained none; a pretrained policy decides itself)
 
 
 def _ppo(env, args: Args, n_steps: int, learning_rate: float, seed: int):
@@ -79,16 +85,17 @@ def run(args: Args) -> dict[str, Any]:
         done.append(1)
         return evaluate_ranks(env, log, progress, ranks)
 
-    alloc = RankAllocationEnv(env, evaluate=evaluate)
+    path = SHIPPED if args.pretrained == "shipped" else Path(args.pretrained)
+    if args.pretrained != "none" and not path.is_file():
+        raise ConfigError(f"no pretrained policy at {path}; pass --pretrained PATH, or --pretrained none to start from scratch")
+    features = args.task_features if args.pretrained == "none" else _has_task_features(path, RankAllocationEnv(env))
+    alloc = RankAllocationEnv(env, evaluate=evaluate, task_features=features)
     venv = DummyVecEnv([lambda: alloc])
     torch.manual_seed(args.seed)
     n_steps = args.episodes_per_update * alloc.n_modules
     if args.pretrained == "none":
         model = _ppo(venv, args, n_steps, args.learning_rate, args.seed)
     else:
-        path = SHIPPED if args.pretrained == "shipped" else Path(args.pretrained)
-        if not path.is_file():
-            raise ConfigError(f"no pretrained policy at {path}; pass --pretrained PATH, or --pretrained none to start from scratch")
         # load() rebuilds the rollout buffer and learning-rate schedule from these, for fine-tuning on the target
         model = PPO.load(str(path), env=venv, device="cpu", seed=args.seed,
                          custom_objects={"n_steps": n_steps, "batch_size": min(64, n_steps), "learning_rate": args.learning_rate,
@@ -114,11 +121,27 @@ def run(args: Args) -> dict[str, Any]:
     return finish_search(run_dir, env, started, progress, args)
 
 
-def pretraining_env(seed: int, surrogates: tuple[str, ...] = (), share: float = 0.0):
+def _has_task_features(path: Path, plain) -> bool:
+    """Whether the policy at ``path`` was pretrained with task features: its observation's length
+    against ``plain``'s, an allocation env of the search's modules without them."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    from rankgym.envs.allocation import TASK_FEATURES
+
+    width = load_from_zip_file(str(path), load_data=True, device="cpu")[0]["observation_space"].shape[0]
+    base = plain.observation_space.shape[0]
+    if width not in (base, base + TASK_FEATURES):
+        raise ConfigError(f"the policy at {path} observes {width} features, this env {base} (or {base + TASK_FEATURES} "
+                          "with task features): it was pretrained for another observation; pretrain it again with agents/ppo.py --pretrain")
+    return width == base + TASK_FEATURES
+
+
+def pretraining_env(seed: int, surrogates: tuple[str, ...] = (), share: float = 0.0, task_features: bool = False):
     """A fresh environment per episode, drawn from ``seed``'s generator: with probability ``share``
     the surrogate of one of the ``surrogates`` tasks (real elastic scores, at the budget its table
     was recorded at, or a random one where it has none), else a fake one (profile, size, width,
-    budget and seed drawn)."""
+    budget and seed drawn). With ``task_features`` the probes of a table at its fixed budget are
+    scored once and reused by its later episodes."""
     import gymnasium as gym
 
     from dataclasses import replace
@@ -132,6 +155,7 @@ def pretraining_env(seed: int, surrogates: tuple[str, ...] = (), share: float = 
         def __init__(self) -> None:
             self.rng = np.random.default_rng(seed)
             self.tables = {task: build_evaluator(config) for task, config in configs.items()}  # fitted once, shared by episodes
+            self.probes: dict[str, np.ndarray] = {}  # a table's probes at its fixed budget
             self.env = self._draw()
             self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
 
@@ -139,14 +163,21 @@ def pretraining_env(seed: int, surrogates: tuple[str, ...] = (), share: float = 
             if self.tables and self.rng.random() < share:
                 task = list(self.tables)[int(self.rng.integers(len(self.tables)))]
                 config = configs[task]  # its id's defaults: the budget and grid its table was recorded at
-                if config.param_budget is None:
+                fixed = config.param_budget is not None
+                if not fixed:
                     config = replace(config, param_budget=float(self.rng.uniform(0.1, 0.7)))
-                return RankAllocationEnv(build_env(config, self.tables[task]))
+                env = RankAllocationEnv(build_env(config, self.tables[task]), task_features=task_features)
+                if task_features and fixed:
+                    if task not in self.probes:
+                        env.reset()
+                        self.probes[task] = env.probes
+                    env.probes = self.probes[task]
+                return env
             profile = "calibrated" if self.rng.random() < 0.8 else "separable"
             kwargs = dict(fake_profile=profile, fake_layers=int(self.rng.choice([2, 3, 4, 6, 8])),
                           fake_hidden=int(self.rng.choice([128, 256, 384])), seed=int(self.rng.integers(100, 10**6)),
                           param_budget=float(self.rng.uniform(0.1, 0.7)))
-            return RankAllocationEnv(gym.make("RankSearch-fake-v0", **kwargs).unwrapped)
+            return RankAllocationEnv(gym.make("RankSearch-fake-v0", **kwargs).unwrapped, task_features=task_features)
 
         def reset(self, *, seed=None, options=None):
             self.env = self._draw()
@@ -173,12 +204,12 @@ def pretrain(args: Args) -> dict[str, Any]:
         raise ConfigError(f"surrogate_share is a share of episodes in [0, 1], got {args.surrogate_share}")
     torch.manual_seed(args.seed)
     started = time.time()
-    venv = DummyVecEnv([pretraining_env(args.seed * 100 + i, surrogates, args.surrogate_share) for i in range(8)])
+    venv = DummyVecEnv([pretraining_env(args.seed * 100 + i, surrogates, args.surrogate_share, args.task_features) for i in range(8)])
     model = _ppo(venv, args, n_steps=256, learning_rate=3e-4, seed=args.seed)
     model.learn(total_timesteps=args.pretrain_steps, progress_bar=True)
     model.save(args.pretrain)
     return {"policy": args.pretrain, "steps": args.pretrain_steps, "surrogates": list(surrogates), "surrogate_share": args.surrogate_share,
-            "seconds": round(time.time() - started, 1)}
+            "task_features": args.task_features, "seconds": round(time.time() - started, 1)}
 
 
 if __name__ == "__main__":

@@ -169,3 +169,66 @@ def test_a_search_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch, 
                                        str(tmp_path / "run"), "--no-promote", "--no-report"])
     assert result.exit_code == 0, result.output
     assert list(scratch.iterdir()) == []
+
+
+def test_task_features_are_each_modules_kind_and_block_probe_scaled_among_the_groups():
+    def make():
+        return gym.make("RankSearch-fake-calibrated-v0", param_budget=0.3, seed=4).unwrapped
+
+    search = make()
+    plain, env = RankAllocationEnv(make()), RankAllocationEnv(search, task_features=True)
+    assert env.observation_space.shape[0] == plain.observation_space.shape[0] + 2
+    obs, _ = env.reset(seed=0)
+    kinds = list(dict.fromkeys(m.kind for m in search.modules))
+    blocks = list(dict.fromkeys(m.layer for m in search.modules))
+    assert search.evaluations == len(kinds) + len(blocks)  # one evaluation per probe, at the first reset only
+
+    def probe(member) -> float:  # the group at max_rank, the rest at 0, projected onto the budget
+        other = make()
+        return other.evaluate_map({m.name: 16 if member(m) else 0 for m in other.modules})["reward"]
+
+    by_kind = np.array([probe(lambda m, k=k: m.kind == k) for k in kinds])
+    by_block = np.array([probe(lambda m, b=b: m.layer == b) for b in blocks])
+    assert env.probes.tolist() == pytest.approx([*by_kind, *by_block])
+    assert by_kind.std() > 0 and by_block.std() > 0
+    scaled_kind = (by_kind - by_kind.min()) / (by_kind.max() - by_kind.min())
+    scaled_block = (by_block - by_block.min()) / (by_block.max() - by_block.min())
+    plain_obs, _ = plain.reset(seed=0)
+    for module in search.modules:
+        assert obs[-2:].tolist() == pytest.approx([scaled_kind[kinds.index(module.kind)], scaled_block[blocks.index(module.layer)]])
+        assert obs[:-2].tolist() == plain_obs.tolist()  # the rest of the observation is the plain env's
+        obs, _, done, _, _ = env.step(3)
+        plain_obs = plain.step(3)[0]
+    assert done
+    env.reset()
+    assert search.evaluations == len(kinds) + len(blocks) + 1  # the episode's map; later resets reuse the probes
+
+
+def test_a_policy_pretrained_with_task_features_searches_spending_its_probes_from_the_budget(tmp_path):
+    out = tmp_path / "policy.zip"
+    result = ppo.run(ppo.Args(pretrain=str(out), pretrain_steps=1024, pretrain_surrogates="cola", surrogate_share=0.5,
+                              task_features=True))
+    assert result["task_features"] and out.is_file()
+    run = tmp_path / "run"
+    args = ["search", "RankSearch-fake-calibrated-v0", "--agent", "ppo", "--budget", "14", "--seed", "1", "--out", str(run),
+            "--param-budget", "0.4", "--no-promote", "--no-report", "--set", f"pretrained={out}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((run / "steps.csv").open()))
+    assert len(rows) == 14
+    search = gym.make("RankSearch-fake-calibrated-v0", param_budget=0.4).unwrapped
+    probes = RankAllocationEnv(search, task_features=True).probe_maps()
+    assert len(probes) == 6 + 6  # six kinds and six blocks, evaluated first
+    for row, ranks in zip(rows, probes):
+        expected = search.evaluate_map(dict(zip(search.names, ranks)))["rank_map"]
+        assert json.loads(row["rank_map"]) == expected
+
+
+def test_a_policy_for_another_observation_is_one_clear_error(tmp_path):
+    from stable_baselines3 import PPO
+
+    env = gym.make("CartPole-v1")  # 4 observed features: no allocation env's
+    PPO("MlpPolicy", env, n_steps=64, device="cpu").save(str(tmp_path / "other.zip"))
+    result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "ppo", "--budget", "2", "--out", str(tmp_path / "r"),
+                                       "--set", f"pretrained={tmp_path / 'other.zip'}"])
+    assert result.exit_code == 2 and "pretrained for another observation" in result.output, result.output
