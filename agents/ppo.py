@@ -88,7 +88,7 @@ def run(args: Args) -> dict[str, Any]:
     path = SHIPPED if args.pretrained == "shipped" else Path(args.pretrained)
     if args.pretrained != "none" and not path.is_file():
         raise ConfigError(f"no pretrained policy at {path}; pass --pretrained PATH, or --pretrained none to start from scratch")
-    features = args.task_features if args.pretrained == "none" else _has_task_features(path, RankAllocationEnv(env))
+    features = args.task_features if args.pretrained == "none" else has_task_features(path, RankAllocationEnv(env))
     alloc = RankAllocationEnv(env, evaluate=evaluate, task_features=features)
     venv = DummyVecEnv([lambda: alloc])
     torch.manual_seed(args.seed)
@@ -121,7 +121,7 @@ def run(args: Args) -> dict[str, Any]:
     return finish_search(run_dir, env, started, progress, args)
 
 
-def _has_task_features(path: Path, plain) -> bool:
+def has_task_features(path: Path, plain) -> bool:
     """Whether the policy at ``path`` was pretrained with task features: its observation's length
     against ``plain``'s, an allocation env of the search's modules without them."""
     from stable_baselines3.common.save_util import load_from_zip_file

@@ -53,9 +53,11 @@ def greedy_map(task: str, policy: str) -> tuple[list[int], float]:
     from stable_baselines3 import PPO
 
     import rankgym  # noqa: F401
+    from rankgym.agents.ppo import has_task_features
     from rankgym.envs.allocation import RankAllocationEnv
 
-    env = RankAllocationEnv(gym.make(f"RankSearch-minilm-{task}-surrogate-v0").unwrapped)
+    search = gym.make(f"RankSearch-minilm-{task}-surrogate-v0").unwrapped
+    env = RankAllocationEnv(search, task_features=has_task_features(Path(policy), RankAllocationEnv(search)))
     model = PPO.load(policy, device="cpu")
     obs, finished, info = env.reset(seed=0)[0], False, {}
     while not finished:
