@@ -90,6 +90,9 @@ def run(args: Args) -> dict[str, Any]:
         raise ConfigError(f"no pretrained policy at {path}; pass --pretrained PATH, or --pretrained none to start from scratch")
     features = args.task_features if args.pretrained == "none" else has_task_features(path, RankAllocationEnv(env))
     alloc = RankAllocationEnv(env, evaluate=evaluate, task_features=features)
+    if features and args.budget <= len(alloc.groups):
+        raise ConfigError(f"this policy scores {len(alloc.groups)} probe maps (one per module kind and block) before its first map; "
+                          f"pass --budget {len(alloc.groups) + 1} or more, or a policy without task features")
     venv = DummyVecEnv([lambda: alloc])
     torch.manual_seed(args.seed)
     n_steps = args.episodes_per_update * alloc.n_modules

@@ -232,3 +232,12 @@ def test_a_policy_for_another_observation_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["search", "RankSearch-fake-v0", "--agent", "ppo", "--budget", "2", "--out", str(tmp_path / "r"),
                                        "--set", f"pretrained={tmp_path / 'other.zip'}"])
     assert result.exit_code == 2 and "pretrained for another observation" in result.output, result.output
+
+
+def test_a_budget_that_the_probes_would_spend_is_one_clear_error(tmp_path):
+    out = tmp_path / "policy.zip"
+    ppo.run(ppo.Args(pretrain=str(out), pretrain_steps=512, task_features=True))
+    result = CliRunner().invoke(main, ["search", "RankSearch-fake-calibrated-v0", "--agent", "ppo", "--budget", "12", "--out",
+                                       str(tmp_path / "r"), "--no-promote", "--set", f"pretrained={out}"])
+    assert result.exit_code == 2 and "pass --budget 13 or more" in result.output, result.output
+    assert not (tmp_path / "r" / "steps.csv").exists() or (tmp_path / "r" / "steps.csv").read_text().count("\n") <= 1
