@@ -1,29 +1,33 @@
-"""PPO over AMC-style episodes, starting from a policy pretrained on many fake environments.
+"""PPO over AMC-style episodes, starting from a policy pretrained on fake environments and real-score tables.
 
     rankgym search RankSearch-minilm-sst2-v0 --agent ppo --budget 128 --param-budget 0.4
     python agents/ppo.py --env-id RankSearch-fake-calibrated-v0 --budget 128 --env param_budget=0.4
-    python agents/ppo.py --pretrain rankgym/data/ppo-modules.zip      # regenerate the shipped policy
-    python agents/ppo.py --pretrain runs/ppo-no-cola.zip --pretrain-surrogates sst2   # fakes and SST-2's real scores; test on CoLA
+    python agents/ppo.py --pretrain rankgym/data/ppo-modules.zip --pretrain-surrogates sst2,cola,mrpc,stsb --task-features
+    python agents/ppo.py --pretrain runs/ppo-no-cola.zip --pretrain-surrogates sst2,mrpc,stsb --task-features   # test on CoLA
 
 An episode walks the modules once and chooses each one's rank from that module's features and
 the budget spent so far (:class:`~rankgym.envs.allocation.RankAllocationEnv`); the finished map
 is one evaluation, so ``--budget`` counts maps, as for random search and TPE. The observation
 never sees the whole model, so one policy acts on any backbone, whatever its module count.
 
-The shipped policy (``rankgym/data/ppo-modules.zip``) was trained by :func:`pretrain` on calibrated
-and separable fake environments of 2-8 blocks, widths 128-384, budgets of 10-70 % and seeds from
-100 on: never the benchmark's seeds (0-9, 1000-1009) nor its unseen size (10 blocks, width 512).
-``--pretrain-surrogates`` mixes the shipped real-score tables of the tasks named
-(:data:`rankgym.registry.SURROGATES`, ``--surrogate-share`` of the episodes) into pretraining; leave
-a task out to test the policy on a task it never saw (the observation holds module and budget
-features, never the task). A search evaluates the policy's most likely map first and, under a parameter budget, the free
-heuristics at it (uniform, PRILoRA, EVA), then keeps learning on the target (``--pretrained none``
-starts from a random policy instead).
+:func:`pretrain` draws calibrated and separable fake environments of 2-8 blocks, widths 128-384,
+budgets of 10-70 % and seeds from 100 on (never the benchmark's seeds, 0-9 and 1000-1009, nor its
+unseen size, 10 blocks of width 512); ``--pretrain-surrogates`` mixes in the shipped real-score
+tables of the tasks named (:data:`rankgym.registry.SURROGATES`, ``--surrogate-share`` of the
+episodes); leave a task out to test the policy on a task it never saw (the observation never
+holds the task's name).
 
 ``--task-features`` pretrains a policy that also sees where the task's spending pays: one probe
 map per module kind and per block, scored before the first episode (12 evaluations on MiniLM,
 spent from the search's budget; :mod:`rankgym.envs.allocation`). A search reads from its policy's
 observation whether it was trained with them, so ``--set pretrained=PATH`` needs nothing else.
+
+The shipped policy (``rankgym/data/ppo-modules.zip``, made by the third command above) was pretrained with
+task features on the fakes and all four shipped tables, half the episodes each: with one task left
+out, such policies tie TPE or beat it on the task they never saw (docs/agents.md). A search scores
+its probes, then the policy's most likely map and, under a parameter budget, the free heuristics
+at it (uniform, PRILoRA, EVA), then keeps learning on the target (``--pretrained none`` starts from
+a random policy instead).
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def run(args: Args) -> dict[str, Any]:
     alloc = RankAllocationEnv(env, evaluate=evaluate, task_features=features)
     if features and args.budget <= len(alloc.groups):
         raise ConfigError(f"this policy scores {len(alloc.groups)} probe maps (one per module kind and block) before its first map; "
-                          f"pass --budget {len(alloc.groups) + 1} or more, or a policy without task features")
+                          f"pass --budget {len(alloc.groups) + 1} or more, or --set pretrained=none (no policy, no probes)")
     venv = DummyVecEnv([lambda: alloc])
     torch.manual_seed(args.seed)
     n_steps = args.episodes_per_update * alloc.n_modules

@@ -44,17 +44,18 @@ def test_the_shipped_policy_acts_on_envs_of_any_module_count(sst2_dir):
     searches = [gym.make("RankSearch-fake-calibrated-v0", fake_layers=layers, param_budget=0.3).unwrapped for layers in (1, 10)]
     searches += [gym.make("RankSearch-fake-v0", fake_layers=3).unwrapped,  # 18 modules, no budget: lam = 0.5
                  gym.make("RankSearch-tiny-sst2-v0", train_examples=32, val_examples=32, device="cpu").unwrapped]  # a real model
+    features = ppo.has_task_features(ppo.SHIPPED, RankAllocationEnv(searches[0]))
     for search in searches:
-        env = RankAllocationEnv(search)
+        env = RankAllocationEnv(search, task_features=features)
         obs, done = env.reset()[0], False
         while not done:
             action, _ = policy.predict(obs, deterministic=True)
             obs, _, done, _, info = env.step(int(action))
         assert len(info["rank_map"]) == len(search.modules) and info["error"] is None
-    # where it was trained (the calibrated fake, param_budget 0.4) its one deterministic map beats the median random map
-    # of the same budget (and only just the 73rd percentile: a search samples many episodes, see benchmarks/agents.py)
+    # on the calibrated fake (param_budget 0.4; its probes seen, its seed never in pretraining) its one deterministic map
+    # beats nine in ten random maps of the same budget (the shipped policy's: 63 of 64)
     search = gym.make("RankSearch-fake-calibrated-v0", param_budget=0.4).unwrapped
-    env = RankAllocationEnv(search)
+    env = RankAllocationEnv(search, task_features=features)
     obs, done = env.reset()[0], False
     while not done:
         obs, _, done, _, info = env.step(int(policy.predict(obs, deterministic=True)[0]))
@@ -62,17 +63,17 @@ def test_the_shipped_policy_acts_on_envs_of_any_module_count(sst2_dir):
     rng = np.random.default_rng(0)
     random_maps = [search.evaluate_map(dict(zip(search.names, rng.integers(0, 17, len(search.names)).tolist())))["metric"]
                    for _ in range(64)]
-    assert acted > np.percentile(random_maps, 50), (acted, np.percentile(random_maps, [50, 75, 100]))
+    assert acted > np.percentile(random_maps, 90), (acted, np.percentile(random_maps, [50, 90, 100]))
 
 
 def test_search_spends_its_budget_in_maps_and_resume_repeats_nothing(tmp_path):
     run = tmp_path / "run"
-    args = ["search", "RankSearch-fake-calibrated-v0", "--agent", "ppo", "--budget", "12", "--seed", "1", "--out", str(run),
+    args = ["search", "RankSearch-fake-calibrated-v0", "--agent", "ppo", "--budget", "16", "--seed", "1", "--out", str(run),
             "--param-budget", "0.4", "--no-report"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((run / "steps.csv").open()))
-    assert len(rows) == 12 and all(r["kind"] == "map" for r in rows)
+    assert len(rows) == 16 and all(r["kind"] == "map" for r in rows)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_reward"] == pytest.approx(max(float(r["score"]) for r in rows))
     result = CliRunner().invoke(main, ["search", "--resume", str(run), "--no-report"])
@@ -83,14 +84,18 @@ def test_search_spends_its_budget_in_maps_and_resume_repeats_nothing(tmp_path):
 def test_the_first_map_is_the_pretrained_policys_most_likely_one(tmp_path):
     from stable_baselines3 import PPO
 
-    summary = ppo.run(ppo.Args(env_id="RankSearch-fake-calibrated-v0", budget=1, seed=0, out=str(tmp_path / "r"),
-                                               env_kwargs={"param_budget": 0.4}, promote=0))
     search = gym.make("RankSearch-fake-calibrated-v0", param_budget=0.4).unwrapped
-    env, policy = RankAllocationEnv(search), PPO.load(str(ppo.SHIPPED), device="cpu")
+    features = ppo.has_task_features(ppo.SHIPPED, RankAllocationEnv(search))
+    env, policy = RankAllocationEnv(search, task_features=features), PPO.load(str(ppo.SHIPPED), device="cpu")
     obs, done = env.reset()[0], False
     while not done:
         obs, _, done, _, info = env.step(int(policy.predict(obs, deterministic=True)[0]))
-    assert summary["evaluations"] == 1 and summary["best_metric"] == info["metric"]
+    probes = len(env.groups) if features else 0  # scored before the policy's first map
+    summary = ppo.run(ppo.Args(env_id="RankSearch-fake-calibrated-v0", budget=probes + 1, seed=0, out=str(tmp_path / "r"),
+                               env_kwargs={"param_budget": 0.4}, promote=0))
+    rows = list(csv.DictReader((tmp_path / "r" / "steps.csv").open()))
+    assert summary["evaluations"] == probes + 1 and json.loads(rows[-1]["rank_map"]) == info["rank_map"]
+    assert float(rows[-1]["metric"]) == pytest.approx(info["metric"])
 
 
 def test_a_missing_policy_file_is_one_clear_error(tmp_path):
