@@ -24,7 +24,7 @@ observation whether it was trained with them, so ``--set pretrained=PATH`` needs
 
 The shipped policy (``rankgym/data/ppo-modules.zip``, made by the third command above) was pretrained with
 task features on the fakes and all four shipped tables, half the episodes each: with one task left
-out, such policies tie TPE or beat it on the task they never saw (docs/agents.md). A search scores
+out, such policies tie or beat TPE at 512 evaluations on the task they never saw (docs/agents.md). A search scores
 its probes, then the policy's most likely map and, under a parameter budget, the free heuristics
 at it (uniform, PRILoRA, EVA), then keeps learning on the target (``--pretrained none`` starts from
 a random policy instead).
