@@ -4,6 +4,7 @@
     python benchmarks/fidelity.py --budget 1024 --budget 2048 --elastic 16384 --workers 2 --threads 1
     python benchmarks/fidelity.py --maps uniform-2 uniform-8 --no-full --lr 1e-3      # a recipe sweep
     python benchmarks/fidelity.py --task cola --elastic 16384 --examples-curve 0.0625 0.125 0.25 0.5 --workers 2 --threads 1
+    python benchmarks/fidelity.py --task mrpc --elastic 16384 --early-stop 0.95     # and the values an early-stopping search gets
 
 Every map of :func:`fidelity_maps` is scored by each cheap scorer on the score split (held out of
 training, as a search scores): the ``finetune`` evaluator at each ``--budget``, and the ``elastic``
@@ -13,6 +14,10 @@ train with the task's full recipe (its epochs and max length), the cheap fine-tu
 scorer and the reference run with every seed. It prints, per scorer, Kendall's tau and Spearman's
 rho between the cheap score (the mean over seeds, and single seeds) and the reference mean, the
 seed-to-seed standard deviation and the seconds per evaluation, then plots cheap against full. With
+``--early-stop CONFIDENCE`` each elastic adapter also scores the list as a search with
+``early_stop`` does (scorer ``stop@N``): in the list's order, each map's scoring stopping once it
+cannot reach the best map before it, the value of a stopped map being the estimate the agent gets;
+its tau says what stopping costs the ranking, its share read what it saves. With
 ``--examples-curve`` it also reads each elastic adapter's per-example results and prints tau of the
 task metric and of minus the mean loss (a continuous statistic) on random parts of the score split:
 how many examples a ranking needs. Every evaluation goes to a store (``--store``), and elastic
@@ -79,6 +84,7 @@ class Job:
     maps: tuple[tuple[str, tuple[int, ...]], ...]
     threads: int
     group_draws: float = 0.0  # the elastic adapter's share of group draws (ElasticEvaluator)
+    early_stop: float | None = None  # the confidence of a stop@N scorer's early stop
 
     @property
     def examples(self) -> int:
@@ -102,8 +108,9 @@ def make_evaluator(job: Job):
         recipe = full_recipe(job.task, train_examples=job.examples)
     recipe = replace(recipe, max_grad_norm=job.max_grad_norm)  # None is a value here: no clipping
     common = dict(device="cpu", max_rank=MAX_RANK, alpha=job.alpha, alpha_mode=job.alpha_mode, rslora=job.rslora)
-    if job.scorer.startswith("elastic"):
+    if job.scorer.startswith(("elastic", "stop")):  # stop@N: the same adapter (the same file), scored stopping early
         return ElasticEvaluator(job.backbone, job.task, recipe, job.seed, group_draws=job.group_draws,
+                                early_stop=job.early_stop if job.scorer.startswith("stop") else None,
                                 cache_dir=Path(job.store).parent / "elastic", **common)
     return FinetuneEvaluator(job.backbone, job.task, recipe, job.seed, score_on=job.scorer.split("@")[0], **common)
 
@@ -126,9 +133,11 @@ def run_job(job: Job) -> list[dict]:
         rank_map = template.replace({m.name: r for m, r in zip(evaluator.modules, ranks)})
         [evaluation] = service.evaluate([rank_map])
         rows.append(dict(map=label, scorer=job.scorer, seed=job.seed, metric=evaluation.metric, seconds=evaluation.seconds,
-                         params=evaluation.params, constant=constant, training_seconds=getattr(evaluator, "training_seconds", None)))
+                         params=evaluation.params, constant=constant, training_seconds=getattr(evaluator, "training_seconds", None),
+                         fraction=evaluation.fraction))
         print(f"  {label:20s} {job.scorer:16s} seed {job.seed} {evaluation.metric:.4f}"
-              f"{' (stored)' if evaluation.cache_hit else f' {evaluation.seconds:.1f} s'}", flush=True)
+              f"{' (stored)' if evaluation.cache_hit else f' {evaluation.seconds:.1f} s'}"
+              f"{f' stopped at {evaluation.fraction:.0%}' if evaluation.stopped else ''}", flush=True)
     return rows
 
 
@@ -157,6 +166,9 @@ def summarise(rows: list[dict], scorers: list[str], reference: str | None) -> di
         training = {r["seed"]: r["training_seconds"] for r in mine if r["training_seconds"]}
         if training:
             stats["training_seconds"] = training
+        if scorer.startswith("stop"):
+            stats["share_read"] = statistics.fmean(r["fraction"] for r in mine)
+            stats["stopped"] = sum(r["fraction"] < 1 for r in mine)
         if reference and scorer != reference:
             target = [table[m][reference]["mean"] for m in labels]
             cheap = [table[m][scorer]["mean"] for m in labels]
@@ -261,6 +273,8 @@ def main() -> None:
     parser.add_argument("--elastic-groups", type=float, default=0.0, metavar="SHARE",
                         help="share of the elastic adapter's drawn steps that turn whole kinds or blocks off")
     parser.add_argument("--elastic-seeds", type=int, nargs="+", default=[0, 1], help="seeds of the elastic adapters")
+    parser.add_argument("--early-stop", type=float, metavar="CONFIDENCE",
+                        help="also score with each elastic adapter stopping early at this confidence (scorer stop@N), e.g. 0.95")
     parser.add_argument("--full", type=int, default=8192, help="training examples of the reference fine-tune")
     parser.add_argument("--no-full", action="store_true", help="cheap scores only (a recipe sweep)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -304,6 +318,7 @@ def main() -> None:
     del model
     reference = None if args.no_full else f"validation@{args.full}"
     scorers = [f"score@{b}" for b in budgets] + [f"elastic@{e}" for e in args.elastic]
+    scorers += [f"stop@{e}" for e in args.elastic] if args.early_stop else []
     Path(args.store).parent.mkdir(parents=True, exist_ok=True)
     frozen = tuple((label, tuple(ranks)) for label, ranks in maps)
     # finetune jobs of a few maps each keep the workers evenly busy; the long full fine-tunes go first
@@ -312,6 +327,9 @@ def main() -> None:
                group_draws=args.elastic_groups, **recipe)
     jobs = [replace(base, scorer=reference, seed=s, maps=c) for s in args.seeds for c in chunks] if reference else []
     jobs += [replace(base, scorer=f"elastic@{e}", seed=s, maps=frozen) for e in args.elastic for s in args.elastic_seeds]
+    # one job a seed, the whole list in its order: each stop reads against the maps scored before it
+    jobs += [replace(base, scorer=f"stop@{e}", seed=s, maps=frozen, early_stop=args.early_stop)
+             for e in args.elastic for s in args.elastic_seeds] if args.early_stop else []
     jobs += [replace(base, scorer=f"score@{b}", seed=s, maps=c) for b in budgets for s in args.seeds for c in chunks]
     print(f"{len(maps)} maps in {len(jobs)} jobs; recipe {recipe}", flush=True)
     if args.workers > 1:
@@ -334,6 +352,8 @@ def main() -> None:
                f"(uniform maps at most {stats['seed_std_uniform_max']:.3f})"
         if "training_seconds" in stats:
             line += f", trained once in {', '.join(f'{s:.0f} s' for s in stats['training_seconds'].values())}"
+        if "share_read" in stats:
+            line += f", {stats['share_read']:.0%} of the score split read ({stats['stopped']} scorings stopped)"
         if "tau_mean" in stats:
             line += f"; tau {stats['tau_mean']:.2f} (single seeds {', '.join(f'{t:.2f}' for t in stats['tau_single_seeds'])}), " \
                     f"rho {stats['rho_mean']:.2f} against the {reference} mean"
