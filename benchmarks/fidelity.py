@@ -84,7 +84,7 @@ class Job:
     maps: tuple[tuple[str, tuple[int, ...]], ...]
     threads: int
     group_draws: float = 0.0  # the elastic adapter's share of group draws (ElasticEvaluator)
-    early_stop: float | None = None  # the confidence of a stop@N scorer's early stop
+    early_stop: float | None = None  # the confidence of a stop@N scorer's early stop (set on those jobs only)
 
     @property
     def examples(self) -> int:
@@ -109,8 +109,7 @@ def make_evaluator(job: Job):
     recipe = replace(recipe, max_grad_norm=job.max_grad_norm)  # None is a value here: no clipping
     common = dict(device="cpu", max_rank=MAX_RANK, alpha=job.alpha, alpha_mode=job.alpha_mode, rslora=job.rslora)
     if job.scorer.startswith(("elastic", "stop")):  # stop@N: the same adapter (the same file), scored stopping early
-        return ElasticEvaluator(job.backbone, job.task, recipe, job.seed, group_draws=job.group_draws,
-                                early_stop=job.early_stop if job.scorer.startswith("stop") else None,
+        return ElasticEvaluator(job.backbone, job.task, recipe, job.seed, group_draws=job.group_draws, early_stop=job.early_stop,
                                 cache_dir=Path(job.store).parent / "elastic", **common)
     return FinetuneEvaluator(job.backbone, job.task, recipe, job.seed, score_on=job.scorer.split("@")[0], **common)
 
