@@ -2,13 +2,18 @@
 
     python benchmarks/recipes.py --tasks cola rte mrpc --epochs 1 3 6 --lr 1e-3 2e-3 --workers 2
     python benchmarks/recipes.py --tasks cola --epochs 4 --lr 1e-3 --seeds 0 1 2 --split validation   # the chosen one, reported
+    python benchmarks/recipes.py --tasks rte --epochs 10 --seeds 0 1 --split validation --curve       # the metric against epochs
 
 Every (task, epochs, learning rate, seed) is one fine-tune of uniform rank ``--rank`` on every
 default MiniLM module with the full recipe (the whole training pool, batch 32, warm-up and linear
 decay over all epochs, the pooler trained with the head), scored on ``--split``: ``score`` (held
 out of training, what chooses a recipe) or ``validation`` (what the README reports, only for the
 recipe already chosen). It prints one line per fine-tune and, per task, the table of settings with
-their score-split means, the metric after each epoch count (the curve), and the best setting.
+their score-split means, the metric after each epoch count, and the best setting. ``--curve`` also
+scores every fine-tune on the score split (and, with ``--split validation``, on validation) after
+each of its epochs (one fine-tune gives the metric against epochs; its learning rate decays over
+all of them) and prints each epoch's mean over seeds: the curve that says whether more epochs
+would help.
 Evaluations go to a store (``--store``), so a killed sweep resumes and a wider one only trains what
 is new. Results: README, "A recipe per task".
 """
@@ -35,6 +40,7 @@ class Job:
     max_length: int | None
     store: str
     threads: int
+    curve: bool = False
 
 
 def run_job(job: Job) -> dict:
@@ -51,11 +57,20 @@ def run_job(job: Job) -> dict:
     context = store.register(evaluator.identity(), evaluator.modules)
     rank_map = evaluator.template().replace({m.name: job.rank for m in evaluator.modules})
     evaluation = store.get(context, rank_map)
-    if evaluation is None:
+    # a curve is kept beside the store, one file per fine-tune, so a killed sweep resumes with it too
+    name = f"{job.task}-r{job.rank}-e{job.epochs}-lr{job.lr:g}-s{job.seed}-{job.split}-{recipe.max_length}.json"
+    curve_file = Path(job.store).parent / "curves" / name
+    curve = json.loads(curve_file.read_text()) if job.curve and curve_file.is_file() else None
+    if job.curve and (evaluation is None or curve is None):
+        result, curve = evaluator.evaluate_curve(rank_map)
+        evaluation = store.put(context, rank_map, result) if evaluation is None else evaluation
+        curve_file.parent.mkdir(exist_ok=True)
+        curve_file.write_text(json.dumps(curve) + "\n")
+    elif evaluation is None:
         evaluation = store.put(context, rank_map, evaluator.evaluate(rank_map))
     row = dict(task=job.task, epochs=job.epochs, lr=job.lr, seed=job.seed, split=job.split, max_length=recipe.max_length,
                metric=evaluation.metric, seconds=evaluation.seconds, metric_name=evaluator.data.metric,
-               steps=None if evaluator.last_result is None else evaluator.last_result.steps)
+               steps=None if evaluator.last_result is None else evaluator.last_result.steps, curve=curve)
     print(f"  {job.task:5s} epochs {job.epochs:2d} lr {job.lr:.0e} seed {job.seed} {job.split:10s} {evaluator.data.metric} "
           f"{evaluation.metric:.4f}" + (" (stored)" if evaluation.cache_hit else f" {evaluation.seconds:.0f} s"), flush=True)
     evaluator.close()
@@ -75,6 +90,10 @@ def summarise(rows: list[dict]) -> dict:
             settings[f"epochs={epochs} lr={lr:g}"] = dict(
                 epochs=epochs, lr=lr, values=values, mean=statistics.fmean(values),
                 std=statistics.stdev(values) if len(values) > 1 else 0.0, seconds=statistics.fmean(r["seconds"] for r in cell))
+            if all(r["curve"] for r in cell):
+                settings[f"epochs={epochs} lr={lr:g}"]["curve"] = [
+                    {"epoch": e + 1, **{k: statistics.fmean(r["curve"][e][k] for r in cell) for k in cell[0]["curve"][e] if k != "epoch"}}
+                    for e in range(epochs)]
         best = max(settings, key=lambda k: settings[k]["mean"])
         out[f"{task}/{split}"] = dict(metric=group[0]["metric_name"], settings=settings, best=best)
     return out
@@ -89,6 +108,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--split", choices=["score", "validation"], default="score")
     parser.add_argument("--max-length", type=int, default=None, help="Tokens kept per example (default: the task's recipe).")
+    parser.add_argument("--curve", action="store_true",
+                        help="Also score after every epoch of every fine-tune (the score split; validation too with --split validation).")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="Threads per worker (default: 2 / workers, at least 1).")
     parser.add_argument("--store", default="runs/recipes/store.sqlite")
@@ -96,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     Path(args.store).parent.mkdir(parents=True, exist_ok=True)
     threads = args.threads or max(1, 2 // args.workers)
-    jobs = [Job(t, e, lr, s, args.rank, args.split, args.max_length, args.store, threads)
+    jobs = [Job(t, e, lr, s, args.rank, args.split, args.max_length, args.store, threads, args.curve)
             for t in args.tasks for e in args.epochs for lr in args.lr for s in args.seeds]
     print(f"{len(jobs)} fine-tunes on {args.workers} worker(s) x {threads} thread(s)", flush=True)
     if args.workers > 1:
@@ -110,6 +131,8 @@ def main() -> None:
         for name, cell in entry["settings"].items():
             mark = "  best" if name == entry["best"] else ""
             print(f"  {name:24s} {cell['mean']:.4f} ± {cell['std']:.4f}  ({len(cell['values'])} seeds, {cell['seconds']:.0f} s){mark}")
+            for point in cell.get("curve", []):
+                print(f"    after epoch {point['epoch']:2d}: " + ", ".join(f"{k} {v:.4f}" for k, v in point.items() if k != "epoch"))
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     out.write_text(json.dumps({**previous, **summary}, indent=2) + "\n")

@@ -73,10 +73,12 @@ def main() -> None:
                                                                 "about a third more compute, the same numbers.")
 @click.option("--out", type=click.Path(), help="Run folder (default: runs/finetune__BACKBONE__TASK__TIME).")
 @click.option("--peft-out", type=click.Path(), help="Also write the trained adapter here for PEFT (PeftModel.from_pretrained).")
+@click.option("--curve", is_flag=True, help="Also score the score split and validation after every epoch (the metric against "
+                                             "epochs, in result.json); the final numbers are the same.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line: metric, trainable_params, seconds, out.")
 def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, train_examples, epochs, batch_size, lr, max_grad_norm,
              val_examples, seed, device, data_dir, model_name_or_path, target_modules, dtype, text_column, label_column, regression, metric,
-             gradient_checkpointing, out, peft_out, as_json) -> None:
+             gradient_checkpointing, curve, out, peft_out, as_json) -> None:
     """Train a rank map with rankgym's LoRA layers, validate it, and save the adapter.
 
     Training never sees the score split a search scores maps on (held out of the training file),
@@ -114,8 +116,13 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
         click.echo(f"{backbone} on {evaluator.data.name}: {sum(r > 0 for r in rank_map.ranks.values())} adapted modules, "
                    f"{evaluator.trainable_params(rank_map):,} adapter parameters, {len(evaluator.train_set):,} examples x {recipe.epochs} epochs, "
                    f"device {evaluator.device}", err=as_json)
-        result = evaluator.evaluate(rank_map)
+        result, points = evaluator.evaluate_curve(rank_map) if curve else (evaluator.evaluate(rank_map), None)
+    from rankgym.metrics import describe
     from rankgym.run import run_folder
+
+    for point in points or []:
+        click.echo(f"epoch {point['epoch']:3d}: score split {describe(evaluator.data.metric, point['score'])}, "
+                   f"validation {describe(evaluator.data.metric, point['validation'])}", err=as_json)
 
     out_dir = Path(out) if out else run_folder("finetune", backbone, evaluator.data.name)
     rank_map.provenance.update(backbone=backbone, task=evaluator.data.name, metric=evaluator.data.metric, value=result.metric, seed=seed)
@@ -123,8 +130,9 @@ def finetune(backbone, task, rank_map_path, uniform, alpha, alpha_mode, rslora, 
     if peft_out:
         evaluator.save_peft_adapter(peft_out, rank_map)
     summary = {"metric": result.metric, "trainable_params": result.params, "seconds": round(result.seconds, 2), "out": str(out_dir)}
-    (out_dir / "result.json").write_text(json.dumps({**summary, "recipe": recipe.to_dict(), "seed": seed, **evaluator.identity()}, indent=2))
-    from rankgym.metrics import describe
+    extra = {"curve": points} if curve else {}
+    (out_dir / "result.json").write_text(json.dumps({**summary, "recipe": recipe.to_dict(), "seed": seed, **extra, **evaluator.identity()},
+                                                    indent=2))
 
     click.echo(f"validation {describe(evaluator.data.metric, result.metric)} | trainable adapter parameters {result.params:,} | "
                f"{result.seconds:.1f} s | saved to {out_dir}" + (f", PEFT adapter in {peft_out}" if peft_out else ""), err=as_json)

@@ -50,6 +50,34 @@ def test_finetune_tiny_saves_adapter_and_prints_json(tmp_path, sst2_dir):
     torch.testing.assert_close(theirs(input_ids=ids).logits, ours(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_finetune_curve_scores_every_epoch_and_changes_nothing(tmp_path, sst2_dir):
+    common = ["finetune", "--backbone", "tiny", "--uniform", "2", "--train-examples", "64", "--batch-size", "16", "--epochs", "3",
+              "--val-examples", "32", "--device", "cpu", "--data-dir", str(sst2_dir), "--json"]
+    plain = json.loads(run(*common, "--out", str(tmp_path / "plain")).stdout.strip().splitlines()[-1])
+    result = run(*common, "--curve", "--out", str(tmp_path / "curve"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["metric"] == plain["metric"]
+    curve = json.loads((tmp_path / "curve" / "result.json").read_text())["curve"]
+    assert [p["epoch"] for p in curve] == [1, 2, 3] and curve[-1]["validation"] == plain["metric"]
+    assert "epoch   3: score split accuracy" in result.output
+
+    # the last score-split point, recomputed from the saved adapter one unpadded sentence at a time
+    import torch
+    from sklearn.metrics import accuracy_score
+
+    from rankgym.backbones import load_backbone
+    from rankgym.lora.inject import load_adapter
+    from rankgym.tasks import encode, hold_out_score_split, load_task
+
+    model, tokenizer = load_backbone("tiny", None, 2, 0)
+    load_adapter(model, tmp_path / "curve")
+    model.eval()
+    score = encode(hold_out_score_split(load_task("sst2", sst2_dir))[1], tokenizer)
+    with torch.no_grad():
+        preds = [int(model(input_ids=ids[None]).logits.argmax()) for ids in score.ids]
+    assert curve[-1]["score"] == pytest.approx(accuracy_score(score.labels.numpy(), preds), abs=1e-9)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -238,7 +238,32 @@ class FinetuneEvaluator(Evaluator):
         with self.private_rng():
             return self._evaluate(rank_map)
 
-    def _evaluate(self, rank_map: RankMap) -> Evaluation:
+    def evaluate_curve(self, rank_map: RankMap) -> tuple[Evaluation, list[dict[str, float]]]:
+        """:meth:`evaluate`, also scoring the model after every epoch: the metric against epochs from one fine-tune.
+
+        Each point is ``{"epoch": e, "score": metric on the score split}``, plus ``"validation"``
+        where this evaluator scores on validation. The learning rate decays over all the recipe's
+        epochs, so epoch e of a longer recipe is not a recipe of e epochs. Scoring draws no random
+        numbers, so the evaluation returned is exactly :meth:`evaluate`'s.
+        """
+        if self.pruning is not None:
+            raise ConfigError("a curve scores every epoch of a full fine-tune; make the evaluator without a pruner")
+        pad, size = self.tokenizer.pad_token_id, self.recipe.eval_batch_size
+        per_epoch = math.ceil(len(self.train_set) / self.recipe.batch_size)  # training_order's batches per pass
+        curve: list[dict[str, float]] = []
+
+        def after_step(step: int) -> None:
+            if (step + 1) % per_epoch:
+                return
+            point = {"epoch": (step + 1) // per_epoch, "score": evaluate(self.model, self.score_set, pad, size)[0]}
+            if self.split == "validation":
+                point["validation"] = evaluate(self.model, self.val_set, pad, size, self.recipe.val_examples)[0]
+            curve.append(point)
+
+        with self.private_rng():
+            return self._evaluate(rank_map, after_step), curve
+
+    def _evaluate(self, rank_map: RankMap, after_step: Callable[[int], None] | None = None) -> Evaluation:
         start = time.perf_counter()
         self.prepare(rank_map)
         init_adapters(self.model, self.seed)
@@ -252,6 +277,7 @@ class FinetuneEvaluator(Evaluator):
             self.recipe,
             self.seed,
             progress=self.progress,
+            after_step=after_step,
         )
         self.last_result = result
         return Evaluation(
