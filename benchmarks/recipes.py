@@ -68,7 +68,7 @@ def run_job(job: Job) -> dict:
         curve_file.write_text(json.dumps(curve) + "\n")
     elif evaluation is None:
         evaluation = store.put(context, rank_map, evaluator.evaluate(rank_map))
-    row = dict(task=job.task, epochs=job.epochs, lr=job.lr, seed=job.seed, split=job.split, max_length=recipe.max_length,
+    row = dict(task=job.task, epochs=job.epochs, lr=job.lr, seed=job.seed, rank=job.rank, split=job.split, max_length=recipe.max_length,
                metric=evaluation.metric, seconds=evaluation.seconds, metric_name=evaluator.data.metric,
                steps=None if evaluator.last_result is None else evaluator.last_result.steps, curve=curve)
     print(f"  {job.task:5s} epochs {job.epochs:2d} lr {job.lr:.0e} seed {job.seed} {job.split:10s} {evaluator.data.metric} "
@@ -97,6 +97,35 @@ def summarise(rows: list[dict]) -> dict:
         best = max(settings, key=lambda k: settings[k]["mean"])
         out[f"{task}/{split}"] = dict(metric=group[0]["metric_name"], settings=settings, best=best)
     return out
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Each curve setting's metric against epochs: every seed thin, the mean over seeds thick, one colour per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = sorted({(r["task"], r["epochs"], r["lr"]) for r in rows if r["curve"]})
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
+    for ax, (task, epochs, lr) in zip(axes[0], settings):
+        cell = [r for r in rows if (r["task"], r["epochs"], r["lr"]) == (task, epochs, lr) and r["curve"]]
+        for key, colour in (("score", "tab:blue"), ("validation", "tab:orange")):
+            if key not in cell[0]["curve"][0]:
+                continue
+            x = [p["epoch"] for p in cell[0]["curve"]]
+            for r in cell:
+                ax.plot(x, [p[key] for p in r["curve"]], color=colour, alpha=0.3, lw=1)
+            ax.plot(x, [statistics.fmean(r["curve"][e][key] for r in cell) for e in range(len(x))], "-o", color=colour, ms=4,
+                    label=f"{key} split, mean of {len(cell)} seeds")
+        ax.set_title(f"{task}: {epochs} epochs at lr {lr:g}, rank {cell[0]['rank']} everywhere", fontsize=10)
+        ax.set_xlabel("epoch (the learning rate decays over all of them)")
+        ax.set_ylabel(cell[0]["metric_name"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -137,6 +166,9 @@ def main() -> None:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     out.write_text(json.dumps({**previous, **summary}, indent=2) + "\n")
     print(f"\nsummary: {out}")
+    if args.curve:
+        plot_curves(rows, out.with_name("curves.png"))
+        print(f"curves: {out.with_name('curves.png')}")
 
 
 if __name__ == "__main__":
