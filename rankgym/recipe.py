@@ -66,8 +66,9 @@ class Recipe:
 # "A recipe per task"; MiniLM, uniform rank 8, seed 0). The small tasks need several epochs: one
 # pass over RTE's training pool is 70 steps. CoLA: Matthews 0.296 / 0.375 / 0.367 after 2 / 4 / 8
 # epochs; RTE: accuracy 0.621 after 5 epochs at 256 tokens (its premises are long; 0.603 at lr
-# 5e-4; 12 epochs level off at 0.59 from the fifth, seeds 0-2, so more passes do not pay); MRPC: F1 0.837 / 0.840 after 3 / 6 epochs. Where settings score within a point, the
-# cheaper one is kept: the score splits hold 277-1,000 examples, a point is inside their noise.
+# 5e-4; 12 epochs level off at 0.59 from the fifth, seeds 0-2, so more passes do not pay); MRPC:
+# F1 0.837 / 0.840 after 3 / 6 epochs. Where settings score within a point, the cheaper one is
+# kept: the score splits hold 277-1,000 examples, a point is inside their noise.
 # SST-2 and STS-B keep the default (one pass over 8,192 examples).
 TASK_RECIPES: dict[str, dict] = {
     "cola": dict(epochs=4),
