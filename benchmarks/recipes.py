@@ -99,28 +99,28 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Each curve setting's metric against epochs: every seed thin, the mean over seeds thick, one colour per split."""
+def plot_curves(summary: dict, rows: list[dict], path: Path) -> None:
+    """Each curve setting's metric against epochs: every seed thin, the summary's mean over seeds thick, a colour per split."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = sorted({(r["task"], r["epochs"], r["lr"]) for r in rows if r["curve"]})
+    settings = [(key, entry, cell) for key, entry in summary.items() for cell in entry["settings"].values() if "curve" in cell]
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
-    for ax, (task, epochs, lr) in zip(axes[0], settings):
-        cell = [r for r in rows if (r["task"], r["epochs"], r["lr"]) == (task, epochs, lr) and r["curve"]]
-        for key, colour in (("score", "tab:blue"), ("validation", "tab:orange")):
-            if key not in cell[0]["curve"][0]:
+    for ax, (key, entry, cell) in zip(axes[0], settings):
+        task, split = key.split("/")
+        seeds = [r for r in rows if (r["task"], r["split"], r["epochs"], r["lr"]) == (task, split, cell["epochs"], cell["lr"])]
+        x = [p["epoch"] for p in cell["curve"]]
+        for name, colour in (("score", "tab:blue"), ("validation", "tab:orange")):
+            if name not in cell["curve"][0]:
                 continue
-            x = [p["epoch"] for p in cell[0]["curve"]]
-            for r in cell:
-                ax.plot(x, [p[key] for p in r["curve"]], color=colour, alpha=0.3, lw=1)
-            ax.plot(x, [statistics.fmean(r["curve"][e][key] for r in cell) for e in range(len(x))], "-o", color=colour, ms=4,
-                    label=f"{key} split, mean of {len(cell)} seeds")
-        ax.set_title(f"{task}: {epochs} epochs at lr {lr:g}, rank {cell[0]['rank']} everywhere", fontsize=10)
+            for r in seeds:
+                ax.plot(x, [p[name] for p in r["curve"]], color=colour, alpha=0.3, lw=1)
+            ax.plot(x, [p[name] for p in cell["curve"]], "-o", color=colour, ms=4, label=f"{name} split, mean of {len(seeds)} seeds")
+        ax.set_title(f"{task}: {cell['epochs']} epochs at lr {cell['lr']:g}, rank {seeds[0]['rank']} everywhere", fontsize=10)
         ax.set_xlabel("epoch (the learning rate decays over all of them)")
-        ax.set_ylabel(cell[0]["metric_name"])
+        ax.set_ylabel(entry["metric"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -167,7 +167,7 @@ def main() -> None:
     out.write_text(json.dumps({**previous, **summary}, indent=2) + "\n")
     print(f"\nsummary: {out}")
     if args.curve:
-        plot_curves(rows, out.with_name("curves.png"))
+        plot_curves(summary, rows, out.with_name("curves.png"))
         print(f"curves: {out.with_name('curves.png')}")
 
 

@@ -72,6 +72,11 @@ def training_order(data: Encoded, batch_size: int, seed: int, epochs: int = 1) -
     return [batches[i] for i in shuffle]
 
 
+def batches_per_epoch(data: Encoded, batch_size: int) -> int:
+    """How many batches one pass of :func:`training_order` makes over ``data``."""
+    return math.ceil(len(data) / batch_size)
+
+
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 

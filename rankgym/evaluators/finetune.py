@@ -30,7 +30,8 @@ from rankgym.lora.layer import ShrinkMode
 from rankgym.rankmap import RankMap
 from rankgym.recipe import ALPHA_POLICY, Recipe
 from rankgym.tasks import encode, hold_out_score_split, load_task, standardized
-from rankgym.training import FinetuneResult, default_eval_batch_size, evaluate, finetune, init_adapters, training_subset
+from rankgym.training import (FinetuneResult, batches_per_epoch, default_eval_batch_size, evaluate, finetune, init_adapters,
+                              training_subset)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -249,7 +250,7 @@ class FinetuneEvaluator(Evaluator):
         if self.pruning is not None:
             raise ConfigError("a curve scores every epoch of a full fine-tune; make the evaluator without a pruner")
         pad, size = self.tokenizer.pad_token_id, self.recipe.eval_batch_size
-        per_epoch = math.ceil(len(self.train_set) / self.recipe.batch_size)  # training_order's batches per pass
+        per_epoch = batches_per_epoch(self.train_set, self.recipe.batch_size)
         curve: list[dict[str, float]] = []
 
         def after_step(step: int) -> None:
@@ -293,7 +294,7 @@ class FinetuneEvaluator(Evaluator):
         """One trial of :mod:`rankgym.evaluators.pruning`: the full evaluation, or a partial one where the pruner stops it."""
         from rankgym.evaluators.pruning import Pruned
 
-        steps = math.ceil(len(self.train_set) / self.recipe.batch_size) * self.recipe.epochs  # training_order's batches
+        steps = batches_per_epoch(self.train_set, self.recipe.batch_size) * self.recipe.epochs
         trial, after_step = self.pruning.trial(self.model, steps)
         try:
             result = finetune(self.model, self.train_set, self.val_set, self.tokenizer.pad_token_id, self.recipe, self.seed,
